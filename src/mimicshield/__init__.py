@@ -1,0 +1,27 @@
+"""mimicshield: protect images against diffusion-based mimicry (Xue et al., ICLR 2024)."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .budget import Budget, BudgetError
+from .methods import METHODS, ProtectionMethod
+from .models import DEFAULT_MODEL, LatentDiffusion, ModelUnavailableError
+from .protect import protect
+
+try:
+    __version__ = version("mimicshield")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "METHODS",
+    "Budget",
+    "BudgetError",
+    "LatentDiffusion",
+    "ModelUnavailableError",
+    "ProtectionMethod",
+    "protect",
+    "__version__",
+]

@@ -1,0 +1,18 @@
+"""The registry of protection methods: name → class (DESIGN §3)."""
+
+from __future__ import annotations
+
+from .advdm import AdvDM
+from .advdm_minus import AdvDMMinus
+from .base import ProtectionMethod, TargetedMethod
+from .mist import Mist
+from .photoguard import PhotoGuard
+from .sds_minus import SDSMinus
+from .sds_plus import SDSPlus
+from .sdst import SDST
+
+METHODS: dict[str, type[ProtectionMethod]] = {
+    method.name: method for method in (SDSMinus, SDSPlus, SDST, AdvDM, AdvDMMinus, PhotoGuard, Mist)
+}
+
+__all__ = ["METHODS", "ProtectionMethod", "TargetedMethod"]

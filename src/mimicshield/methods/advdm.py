@@ -1,0 +1,23 @@
+"""AdvDM: maximise the denoising loss, gradient through UNet and encoder.
+
+Liang et al., "Adversarial Example Does Good: Preventing Painting Imitation from Diffusion
+Models via Adversarial Examples", ICML 2023. Update: x ← Π(x + α·sign(∇ₓ L_S)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..objectives import ObjectiveWeights
+from .base import ProtectionMethod
+
+
+@dataclass(frozen=True)
+class AdvDM(ProtectionMethod):
+    name = "advdm"
+    paper = "Liang et al., ICML 2023 (arXiv 2302.04578)"
+
+    random_start: bool = True
+
+    def weights(self) -> ObjectiveWeights:
+        return ObjectiveWeights(denoising=1.0)

@@ -1,0 +1,344 @@
+"""The latent diffusion model adapter: the only code that knows the [-1, 1] range and latent scale.
+
+A ``LatentDiffusion`` bundles the diffusers/transformers parts of a Stable Diffusion checkpoint
+(``vae``, ``unet``, ``text_encoder``, ``tokenizer``, ``scheduler``) and offers the few operations
+that protection, mimicry and metrics need: ``encode``, ``decode``, ``embed``, ``add_noise``,
+``predict`` and ``target``. It is passed around, never owned, so one loaded model serves all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from . import architectures
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+#: The miniature model shipped with the package (see weights/mini/README.md): not Stable Diffusion.
+MINI_MODEL_DIR = Path(__file__).parent / "weights" / "mini"
+#: Names that build a randomly initialised model from a config instead of loading weights.
+RANDOM_MODELS = {"tiny": architectures.TINY, "sd15-random": architectures.SD15}
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class ModelUnavailableError(RuntimeError):
+    """The requested weights are neither on disk nor reachable."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """Map ``auto|cpu|cuda|cuda:N|mps`` to a device, checking that it exists."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelUnavailableError(f"device '{name}' was asked for but CUDA is not available here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelUnavailableError(f"device '{name}' was asked for but MPS is not available here")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ModelUnavailableError(f"device must be auto, cpu, cuda or mps, got '{name}'")
+    return device
+
+
+def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
+    """Map ``fp32|fp16|bf16`` to a torch dtype."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got '{name}'")
+    return DTYPES[name]
+
+
+@dataclass
+class LatentDiffusion:
+    """A Stable Diffusion 1.x/2.x model seen through the operations mimicry needs.
+
+    Attributes:
+        vae, unet, text_encoder, tokenizer, scheduler: the diffusers/transformers parts.
+        name: hub id, folder or random-architecture name it came from (for records).
+        random_weights: True when the weights are random (a test or benchmark model).
+    """
+
+    vae: AutoencoderKL
+    unet: UNet2DConditionModel
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler: DDPMScheduler
+    name: str = "unnamed"
+    random_weights: bool = False
+    _prompt_cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    # ---------------------------------------------------------------- loading
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike = DEFAULT_MODEL,
+        *,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "fp32",
+    ) -> LatentDiffusion:
+        """Load a diffusers-format Stable Diffusion from a hub id or a local folder.
+
+        ``mini`` names the miniature model shipped with the package; ``tiny`` and ``sd15-random``
+        build random-weight models from a config (tests, benchmarks). Anything else goes through
+        the usual ``from_pretrained`` and Hugging Face cache.
+
+        Raises:
+            ModelUnavailableError: the weights are missing and cannot be downloaded.
+        """
+        name = str(name_or_path)
+        torch_device = device if isinstance(device, torch.device) else resolve_device(device)
+        torch_dtype = resolve_dtype(dtype)
+        if name in RANDOM_MODELS:
+            return cls.random(name).to(torch_device, torch_dtype)
+        source = str(MINI_MODEL_DIR) if name == "mini" else name
+        return cls._load_parts(source, label=name, dtype=torch_dtype).to(torch_device)
+
+    @classmethod
+    def _load_parts(cls, source: str, *, label: str, dtype: torch.dtype) -> LatentDiffusion:
+        if label == "mini" and not (MINI_MODEL_DIR / "model_index.json").is_file():
+            raise ModelUnavailableError(
+                f"the miniature model is not installed at {MINI_MODEL_DIR}; reinstall mimicshield"
+            )
+        try:
+            return cls(
+                vae=AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype),
+                unet=UNet2DConditionModel.from_pretrained(
+                    source, subfolder="unet", torch_dtype=dtype
+                ),
+                text_encoder=CLIPTextModel.from_pretrained(
+                    source, subfolder="text_encoder", torch_dtype=dtype
+                ),
+                tokenizer=CLIPTokenizer.from_pretrained(source, subfolder="tokenizer"),
+                scheduler=DDPMScheduler.from_pretrained(source, subfolder="scheduler"),
+                name=label,
+            )
+        except (OSError, ValueError) as error:
+            logger.debug("loading %s failed", source, exc_info=error)
+            raise ModelUnavailableError(_missing_model_sentence(source)) from None
+
+    @classmethod
+    def random(cls, architecture: str = "tiny", *, seed: int = 0) -> LatentDiffusion:
+        """Build a model with random weights from one of ``RANDOM_MODELS`` (seeded, CPU, fp32)."""
+        config = RANDOM_MODELS[architecture]
+        # Module constructors draw from the global RNG; fork it so the caller's state is untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            vae = AutoencoderKL(**config["vae"])
+            unet = UNet2DConditionModel(**config["unet"])
+            text_encoder = CLIPTextModel(CLIPTextConfig(**config["text_encoder"]))
+        with tempfile.TemporaryDirectory() as folder:
+            architectures.write_test_tokenizer(folder)
+            tokenizer = CLIPTokenizer.from_pretrained(folder)
+        scheduler = DDPMScheduler(**config["scheduler"])
+        return cls(vae, unet, text_encoder, tokenizer, scheduler, architecture, random_weights=True)
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        """Write a diffusers StableDiffusionPipeline folder that ``from_pretrained`` reads back."""
+        folder = Path(folder)
+        for part in ("vae", "unet", "text_encoder", "tokenizer", "scheduler"):
+            getattr(self, part).save_pretrained(folder / part)
+        index = {
+            "_class_name": "StableDiffusionPipeline",
+            "vae": ["diffusers", "AutoencoderKL"],
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "scheduler": ["diffusers", "DDPMScheduler"],
+            "safety_checker": [None, None],
+            "feature_extractor": [None, None],
+            "requires_safety_checker": False,
+        }
+        (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> LatentDiffusion:
+        """Move all networks (in place) and return self."""
+        for network in (self.vae, self.unet, self.text_encoder):
+            if dtype is None or dtype == network.dtype:
+                network.to(device=device)
+            else:
+                network.to(device=device, dtype=dtype)
+        self._prompt_cache.clear()
+        return self
+
+    # ------------------------------------------------------------- properties
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell along one side (8 for Stable Diffusion)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.scheduler.config.num_train_timesteps
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler.config.prediction_type
+
+    def latent_shape(self, images: torch.Tensor) -> tuple[int, int, int, int]:
+        """Shape of the latents of (B, 3, H, W) images."""
+        batch, _, height, width = images.shape
+        factor = self.vae_scale_factor
+        return (batch, self.latent_channels, height // factor, width // factor)
+
+    def describe(self) -> dict[str, object]:
+        """Facts about the model for provenance records."""
+        return {
+            "name": self.name,
+            "random_weights": self.random_weights,
+            "prediction_type": self.prediction_type,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+        }
+
+    # ------------------------------------------------------------- operations
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[LatentDiffusion]:
+        """Eval mode and no weight gradients inside; each module's previous state restored after."""
+        networks = (self.vae, self.unet, self.text_encoder)
+        modes = [(module, module.training) for net in networks for module in net.modules()]
+        flags = [(param, param.requires_grad) for net in networks for param in net.parameters()]
+        try:
+            for net in networks:
+                net.eval().requires_grad_(False)
+            yield self
+        finally:
+            for module, training in modes:
+                module.training = training
+            for param, requires_grad in flags:
+                param.requires_grad_(requires_grad)
+
+    def encode(
+        self, images: torch.Tensor, posterior_noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Images → scaled latents: the posterior mean, or a reparameterised sample.
+
+        Args:
+            images: (B, 3, H, W) in [0, 1], H and W multiples of ``vae_scale_factor``.
+            posterior_noise: (B, C, h, w) standard normal; when given, the latent is
+                mean + std · noise (a posterior sample, differentiable in the images).
+
+        Returns:
+            (B, C, h, w) latents times the VAE's ``scaling_factor``, in the model's dtype.
+        """
+        pixels = images.to(self.device, self.dtype) * 2 - 1
+        posterior = self.vae.encode(pixels).latent_dist
+        latents = posterior.mean
+        if posterior_noise is not None:
+            latents = latents + posterior.std * posterior_noise.to(latents)
+        return latents * self.vae.config.scaling_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents (B, C, h, w) → images (B, 3, H, W) float32 in [0, 1]."""
+        pixels = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        return ((pixels.float() + 1) / 2).clamp(0, 1)
+
+    def embed(self, prompts: list[str]) -> torch.Tensor:
+        """Prompts → text-encoder hidden states (B, L, D), cached per prompt, no gradient."""
+        missing = [prompt for prompt in dict.fromkeys(prompts) if prompt not in self._prompt_cache]
+        if missing:
+            tokens = self.tokenizer(
+                missing,
+                padding="max_length",
+                max_length=self.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            )
+            with torch.no_grad():
+                states = self.text_encoder(tokens.input_ids.to(self.device))[0]
+            for prompt, state in zip(missing, states):
+                self._prompt_cache[prompt] = state.to(self.dtype)
+        return torch.stack([self._prompt_cache[prompt] for prompt in prompts])
+
+    def add_noise(
+        self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """Forward diffusion q(z_t | z_0): √ᾱ_t · z + √(1 − ᾱ_t) · ε, per image timestep."""
+        alpha, sigma = self._alpha_sigma(timesteps, latents)
+        return alpha * latents + sigma * noise.to(latents)
+
+    def predict(
+        self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor
+    ) -> torch.Tensor:
+        """The UNet's raw output (ε or v, per ``prediction_type``) for (B, C, h, w) latents."""
+        return self.unet(
+            noisy_latents, timesteps.to(self.device), encoder_hidden_states=embeddings
+        ).sample
+
+    def target(
+        self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """What ``predict`` is trained to output: ε, or v = √ᾱ·ε − √(1−ᾱ)·z for v-prediction."""
+        if self.prediction_type == "epsilon":
+            return noise.to(latents)
+        if self.prediction_type == "v_prediction":
+            alpha, sigma = self._alpha_sigma(timesteps, latents)
+            return alpha * noise.to(latents) - sigma * latents
+        raise NotImplementedError(f"prediction type '{self.prediction_type}' is not supported")
+
+    def predicted_noise(
+        self, output: torch.Tensor, noisy_latents: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """Express a ``predict`` output as ε̂ (for v: ε̂ = √ᾱ·v̂ + √(1−ᾱ)·z_t)."""
+        if self.prediction_type == "epsilon":
+            return output
+        if self.prediction_type == "v_prediction":
+            alpha, sigma = self._alpha_sigma(timesteps, noisy_latents)
+            return alpha * output + sigma * noisy_latents
+        raise NotImplementedError(f"prediction type '{self.prediction_type}' is not supported")
+
+    def _alpha_sigma(
+        self, timesteps: torch.Tensor, like: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """√ᾱ_t and √(1 − ᾱ_t), shaped (B, 1, 1, 1) to broadcast over ``like``."""
+        alphas_cumprod = self.scheduler.alphas_cumprod.to(like.device)[timesteps.to(like.device)]
+        shape = (-1,) + (1,) * (like.dim() - 1)
+        alpha = alphas_cumprod.sqrt().view(shape).to(like.dtype)
+        sigma = (1 - alphas_cumprod).sqrt().view(shape).to(like.dtype)
+        return alpha, sigma
+
+
+def _missing_model_sentence(source: str) -> str:
+    if Path(source).exists():
+        return (
+            f"'{source}' is not a complete diffusers Stable Diffusion folder (it needs vae/, unet/, "
+            "text_encoder/, tokenizer/ and scheduler/); point --model at a folder saved with "
+            "save_pretrained or at a hub id."
+        )
+    return (
+        f"The model '{source}' is not in the local Hugging Face cache and cannot be downloaded "
+        f"now (offline or HF_HUB_OFFLINE=1): download it once with `hf download {source}` on a "
+        "machine with network, or pass --model with a local diffusers folder (or --model mini for "
+        "the bundled miniature)."
+    )

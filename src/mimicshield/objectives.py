@@ -1,0 +1,134 @@
+"""What protection optimises: three loss primitives and their weighted sum (DESIGN §3).
+
+- ``denoising_loss`` L_S = mean((ε_θ(z_t, t, c) − target)²), gradient through UNet and encoder.
+- ``latent_distance`` L_T = ‖z(x) − z(y)‖², summed, gradient through the encoder only.
+- ``score_distillation``: a scalar whose gradient w.r.t. z is (ε̂ − ε) with ε̂ taken under
+  no_grad, so w.r.t. the image it is the encoder's vector-Jacobian product J_Eᵀ(ε̂ − ε): one UNet
+  forward, no UNet backward (Poole et al. 2022; Xue et al. 2024).
+
+Each PGD step draws one ``StepNoise`` (timestep, diffusion noise, posterior noise) from the
+generator; the objective encodes the images once and evaluates only terms with non-zero weight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .models import LatentDiffusion
+
+
+@dataclass(frozen=True)
+class ObjectiveWeights:
+    """Weights of the primitives in the objective that PGD *maximises*.
+
+    A positive weight ascends that term, a negative one descends it; zero skips its computation.
+    """
+
+    denoising: float = 0.0  # on L_S, the denoising (semantic) loss
+    latent_distance: float = 0.0  # on L_T, the squared latent distance to the target
+    score_distillation: float = 0.0  # on the SDS surrogate of L_S
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What stays fixed over a protection run, computed once (no gradient).
+
+    Attributes:
+        embeddings: (B, L, D) prompt hidden states.
+        target_latents: (B, C, h, w) latents of the textural target, or None.
+    """
+
+    embeddings: torch.Tensor
+    target_latents: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class StepNoise:
+    """The randomness of one step: t ~ U{0..T−1}, ε ~ N(0, I), posterior noise ~ N(0, I)."""
+
+    timesteps: torch.Tensor  # (B,) int64
+    noise: torch.Tensor  # (B, C, h, w)
+    posterior_noise: torch.Tensor  # (B, C, h, w)
+
+    @classmethod
+    def draw(
+        cls,
+        model: LatentDiffusion,
+        images: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> StepNoise:
+        """Draw on the generator's device (CPU by default) so results do not depend on the model's."""
+        device = generator.device if generator is not None else torch.device("cpu")
+        shape = model.latent_shape(images)
+        timesteps = torch.randint(
+            0, model.num_train_timesteps, (shape[0],), generator=generator, device=device
+        )
+        noise = torch.randn(shape, generator=generator, device=device)
+        posterior_noise = torch.randn(shape, generator=generator, device=device)
+        return cls(
+            timesteps.to(model.device), noise.to(model.device), posterior_noise.to(model.device)
+        )
+
+
+def denoising_loss(
+    model: LatentDiffusion,
+    latents: torch.Tensor,
+    embeddings: torch.Tensor,
+    step: StepNoise,
+) -> torch.Tensor:
+    """L_S: mean squared error of the UNet's prediction against its own target (ε or v)."""
+    noisy = model.add_noise(latents, step.noise, step.timesteps)
+    output = model.predict(noisy, step.timesteps, embeddings)
+    target = model.target(latents, step.noise, step.timesteps)
+    return (output.float() - target.float()).pow(2).mean()
+
+
+def latent_distance(latents: torch.Tensor, target_latents: torch.Tensor) -> torch.Tensor:
+    """L_T: squared L2 distance between latents, summed over all elements and the batch."""
+    return (latents.float() - target_latents.float()).pow(2).sum()
+
+
+def score_distillation(
+    model: LatentDiffusion,
+    latents: torch.Tensor,
+    embeddings: torch.Tensor,
+    step: StepNoise,
+) -> torch.Tensor:
+    """SDS surrogate ((ε̂ − ε).detach() · z).sum(): its gradient w.r.t. ``latents`` is ε̂ − ε.
+
+    ε̂ is the UNet's noise estimate in ε-form (converted from v for v-prediction models).
+    """
+    with torch.no_grad():
+        noisy = model.add_noise(latents, step.noise, step.timesteps)
+        output = model.predict(noisy, step.timesteps, embeddings)
+        residual = model.predicted_noise(output, noisy, step.timesteps) - step.noise.to(output)
+    return (residual.float() * latents.float()).sum()
+
+
+def weighted_objective(
+    model: LatentDiffusion,
+    images: torch.Tensor,
+    weights: ObjectiveWeights,
+    conditioning: Conditioning,
+    step: StepNoise,
+) -> torch.Tensor:
+    """Σ weight · term over the non-zero terms, from one encoding of ``images`` (B, 3, H, W)."""
+    latents = model.encode(images, step.posterior_noise)
+    value = torch.zeros((), device=latents.device)
+    if weights.denoising:
+        value = value + weights.denoising * denoising_loss(
+            model, latents, conditioning.embeddings, step
+        )
+    if weights.latent_distance:
+        if conditioning.target_latents is None:
+            raise ValueError("this objective needs target latents, but none were given")
+        value = value + weights.latent_distance * latent_distance(
+            latents, conditioning.target_latents
+        )
+    if weights.score_distillation:
+        value = value + weights.score_distillation * score_distillation(
+            model, latents, conditioning.embeddings, step
+        )
+    return value

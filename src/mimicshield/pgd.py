@@ -1,0 +1,76 @@
+"""The one optimisation loop: L∞ projected sign-gradient ascent (PGD, Madry et al. 2018).
+
+Every method only supplies an objective to *maximise*; methods that descend a loss return its
+negative. Keeping the loop in one place means budget, mask, start and seeding behave the same for
+all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .budget import Budget
+
+#: objective(images) -> scalar to maximise; images are (B, 3, H, W) float32 in [0, 1].
+Objective = Callable[[torch.Tensor], torch.Tensor]
+#: callback(step, total_steps, objective_value) after each step, for progress bars and logs.
+StepCallback = Callable[[int, int, float], None]
+
+
+def pgd(
+    objective: Objective,
+    images: torch.Tensor,
+    budget: Budget,
+    *,
+    random_start: bool = False,
+    mask: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Maximise ``objective`` inside the L∞ ball of radius ``budget.eps`` around ``images``.
+
+    Args:
+        objective: maps perturbed images (B, 3, H, W) in [0, 1] to a scalar tensor.
+        images: (B, 3, H, W) float in [0, 1]; never modified.
+        budget: radius, step size and number of steps.
+        random_start: start from a uniform draw in the ball (AdvDM-style) instead of the clean image.
+        mask: (B or 1, 1, H, W) in [0, 1]; the perturbation is multiplied by it (1 = may change).
+        generator: the only source of randomness (the random start).
+        callback: called after every step with (step, steps, objective value).
+
+    Returns:
+        (B, 3, H, W) float32 in [0, 1], detached, with ‖result − images‖∞ ≤ eps where mask = 1
+        and result = images where mask = 0.
+    """
+    clean = images.detach().to(torch.float32)
+    keep = torch.ones_like(clean[:, :1]) if mask is None else mask.to(clean)
+
+    # 1. Start: the clean image, or a uniform draw in the ball (zero steps change nothing).
+    if random_start and budget.eps > 0 and budget.steps > 0:
+        noise = torch.rand(clean.shape, generator=generator, device=_device_of(generator))
+        delta = (noise.to(clean.device) * 2 - 1) * budget.eps
+    else:
+        delta = torch.zeros_like(clean)
+    delta = _feasible(clean, delta * keep, budget)
+
+    # 2. Steps: ascend the sign of the gradient, then project back into the ball and [0, 1].
+    for step in range(1, budget.steps + 1):
+        perturbed = (clean + delta).requires_grad_(True)
+        value = objective(perturbed)
+        (gradient,) = torch.autograd.grad(value, perturbed)
+        delta = _feasible(clean, delta + budget.step_size * gradient.sign() * keep, budget)
+        if callback is not None:
+            callback(step, budget.steps, float(value.detach()))
+    return (clean + delta).detach()
+
+
+def _feasible(clean: torch.Tensor, delta: torch.Tensor, budget: Budget) -> torch.Tensor:
+    """Project delta into the ball and so that clean + delta stays in [0, 1]."""
+    delta = budget.project(delta)
+    return (clean + delta).clamp(0, 1) - clean
+
+
+def _device_of(generator: torch.Generator | None) -> torch.device:
+    return generator.device if generator is not None else torch.device("cpu")

@@ -1,0 +1,121 @@
+"""``protect``: run a method on a batch of images with a model (the public entry point)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .methods import ProtectionMethod
+from .models import LatentDiffusion
+from .objectives import Conditioning, StepNoise, weighted_objective
+from .pgd import StepCallback, pgd
+from .targets import resolve_target
+
+
+def protect(
+    images: torch.Tensor,
+    method: ProtectionMethod,
+    model: LatentDiffusion,
+    *,
+    mask: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Add ``method``'s bounded perturbation to ``images``.
+
+    Args:
+        images: (B, 3, H, W) float in [0, 1], any H and W (padded to the VAE's multiple and
+            cropped back). Not modified.
+        method: a configured method from ``METHODS``.
+        model: the latent diffusion model to protect against; its state is restored afterwards.
+        mask: (B or 1, 1, H, W) in [0, 1]: 1 where the perturbation may go, 0 where pixels stay.
+        generator: the only source of randomness; same seed → same output.
+        callback: called after each PGD step with (step, steps, objective value).
+
+    Returns:
+        (B, 3, H, W) in [0, 1], same dtype and device as ``images``, within ``method.budget``.
+    """
+    # 1. Check the inputs and pad to the VAE's multiple.
+    _check_images(images)
+    if mask is not None:
+        _check_mask(mask, images)
+    height, width = images.shape[-2:]
+    padded = _pad_to_multiple(images.detach().float(), model.vae_scale_factor)
+    padded_mask = None if mask is None else _pad_to_multiple(mask.float(), model.vae_scale_factor, 0)
+
+    with model.frozen():
+        # 2. What stays fixed: prompt embeddings and target latents, computed once.
+        conditioning = _conditioning(method, model, padded)
+        weights = method.weights()
+
+        # 3. The objective of one step, with fresh timestep and noise each call.
+        def objective(perturbed: torch.Tensor) -> torch.Tensor:
+            step = StepNoise.draw(model, perturbed, generator)
+            return weighted_objective(model, perturbed, weights, conditioning, step)
+
+        # 4. The shared PGD loop.
+        protected = pgd(
+            objective,
+            padded.to(model.device),
+            method.budget,
+            random_start=method.random_start,
+            mask=None if padded_mask is None else padded_mask.to(model.device),
+            generator=generator,
+            callback=callback,
+        )
+
+    # 5. Crop back; hand back in the caller's dtype and device.
+    return protected[..., :height, :width].to(images.device, images.dtype)
+
+
+def _conditioning(
+    method: ProtectionMethod, model: LatentDiffusion, images: torch.Tensor
+) -> Conditioning:
+    batch, _, height, width = images.shape
+    embeddings = model.embed([method.prompt] * batch)
+    target_latents = None
+    if method.needs_target:
+        target = resolve_target(method.target, height, width)
+        with torch.no_grad():
+            # The posterior mean: the target is fixed, so one deterministic encoding suffices.
+            target_latents = model.encode(target.unsqueeze(0)).expand(batch, -1, -1, -1)
+    return Conditioning(embeddings=embeddings, target_latents=target_latents)
+
+
+def _pad_to_multiple(tensor: torch.Tensor, multiple: int, value: float | None = None) -> torch.Tensor:
+    """Pad bottom/right to a multiple of ``multiple``: edge-replicated, or ``value`` if given."""
+    height, width = tensor.shape[-2:]
+    pad = (0, -width % multiple, 0, -height % multiple)
+    if pad == (0, 0, 0, 0):
+        return tensor
+    if value is None:
+        return F.pad(tensor, pad, mode="replicate")
+    return F.pad(tensor, pad, value=value)
+
+
+def _check_images(images: torch.Tensor) -> None:
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a (B, 3, H, W) tensor, got {shape}")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be floating point in [0, 1], got {images.dtype}")
+    if images.numel() and (images.min() < 0 or images.max() > 1):
+        raise ValueError(
+            f"images must lie in [0, 1], got values in [{float(images.min()):g}, "
+            f"{float(images.max()):g}]"
+        )
+
+
+def _check_mask(mask: torch.Tensor, images: torch.Tensor) -> None:
+    batch, _, height, width = images.shape
+    ok = (
+        mask.dim() == 4
+        and mask.shape[1] == 1
+        and mask.shape[0] in (1, batch)
+        and tuple(mask.shape[-2:]) == (height, width)
+    )
+    if not ok:
+        raise ValueError(
+            f"mask must have shape (1 or {batch}, 1, {height}, {width}) to match the images, "
+            f"got {tuple(mask.shape)}"
+        )
