@@ -159,13 +159,15 @@ def write_image(
         options["exif"] = source.exif
     if source.icc_profile:
         options["icc_profile"] = source.icc_profile
-    handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix=path.suffix, dir=path.parent)
+    temporary: str | None = None
     try:
+        handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix=path.suffix, dir=path.parent)
         with os.fdopen(handle, "wb") as stream:
             image.save(stream, format=image_format.upper(), **options)
         os.replace(temporary, path)
     except OSError as error:
-        Path(temporary).unlink(missing_ok=True)
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
         raise ImageFileError(f"{path}: could not be written ({error.strerror or error})") from None
 
 

@@ -1,0 +1,161 @@
+"""`mimicshield protect` end to end on temp folders, including every kind of bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mimicshield.cli.main import main
+
+
+def _picture(seed, size=(20, 16)):
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize(size, Image.Resampling.BILINEAR)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _picture(0).save(inputs / "photo.jpg", quality=95)
+    rgba = _picture(1).convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(rgba.size))
+    rgba.save(inputs / "art.png")
+    return inputs
+
+
+def _digests(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+
+
+def _protect(*args, model):
+    return main(["protect", *map(str, args), "--model", str(model), "--device", "cpu", "--steps", "2", "--step-size", "4", "--eps", "6"])
+
+
+def _pixels(path):
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def test_protects_a_folder_and_writes_a_full_record(folder, tmp_path, tiny_model_dir, capsys):
+    before = _digests(folder)
+    out = tmp_path / "out"
+    assert _protect(folder, "-o", out, model=tiny_model_dir) == 0
+    assert _digests(folder) == before, "originals must never change"
+    assert (out / "photo.png").is_file() and (out / "art.png").is_file()
+    for name, original in (("photo.png", "photo.jpg"), ("art.png", "art.png")):
+        difference = np.abs(_pixels(out / name) - _pixels(folder / original)).max()
+        assert 0 < difference <= 6
+    with Image.open(out / "art.png") as art, Image.open(folder / "art.png") as source:
+        assert np.array_equal(np.asarray(art)[..., 3], np.asarray(source)[..., 3])
+    (record_path,) = out.glob("protect-*.json")
+    record = json.loads(record_path.read_text())
+    assert record["method"]["method"] == "sds-" and record["method"]["eps_255"] == 6
+    assert record["seed"] == 0 and record["versions"]["torch"] and record["model"]["name"]
+    assert {image["ok"] for image in record["images"]} == {True}
+    for image in record["images"]:
+        assert 0 < image["linf_255"] <= 6 and image["psnr_db"] > 30 and 0 < image["ssim"] <= 1
+    assert "protected 2 of 2" in capsys.readouterr().out
+
+
+def test_same_seed_same_files(folder, tmp_path, tiny_model_dir):
+    for name in ("a", "b"):
+        assert main(["protect", str(folder), "-o", str(tmp_path / name), "--model", str(tiny_model_dir), "--device", "cpu", "--steps", "2", "--method", "advdm", "--seed", "9"]) == 0
+    assert (tmp_path / "a" / "photo.png").read_bytes() == (tmp_path / "b" / "photo.png").read_bytes()
+
+
+def test_bad_files_are_reported_and_the_rest_still_processed(folder, tmp_path, tiny_model_dir, capsys):
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    missing = tmp_path / "nowhere.png"
+    before = _digests(folder)
+    out = tmp_path / "out"
+    code = _protect(folder, notes, missing, "-o", out, model=tiny_model_dir)
+    assert code == 1
+    errors = capsys.readouterr().err
+    for bad in ("empty.png", "corrupt.jpg", "notes.txt", "nowhere.png"):
+        assert bad in errors
+    assert (out / "photo.png").is_file() and (out / "art.png").is_file()
+    assert _digests(folder) == before
+    (record_path,) = out.glob("protect-*.json")
+    outcome = {image["input"].split("/")[-1]: image["ok"] for image in json.loads(record_path.read_text())["images"]}
+    assert outcome == {"art.png": True, "corrupt.jpg": False, "empty.png": False, "photo.jpg": True, "notes.txt": False, "nowhere.png": False}
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--eps", "-1", "eps must lie in [0, 255]"),
+        ("--eps", "300", "eps must lie in [0, 255]"),
+        ("--steps", "-1", "steps must be a whole number"),
+        ("--batch-size", "0", "--batch-size must be at least 1"),
+    ],
+)
+def test_out_of_range_values_exit_2_naming_the_value(option, value, message, folder, tmp_path, tiny_model_dir, capsys):
+    code = main(["protect", str(folder), "-o", str(tmp_path / "o"), "--model", str(tiny_model_dir), option, value])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_method_is_a_usage_error(folder, tmp_path, capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["protect", str(folder), "-o", str(tmp_path / "o"), "--method", "glaze"])
+    assert caught.value.code == 2
+    assert "invalid choice: 'glaze'" in capsys.readouterr().err
+
+
+def test_output_folder_equal_to_input_folder_is_refused(folder, tiny_model_dir, capsys):
+    before = _digests(folder)
+    assert _protect(folder, "-o", folder, model=tiny_model_dir) == 2
+    assert "holds the input" in capsys.readouterr().err
+    assert _digests(folder) == before
+
+
+def test_mask_is_applied_on_disk_and_a_wrong_size_is_named(folder, tmp_path, tiny_model_dir, capsys):
+    mask = np.zeros((16, 20), dtype=np.uint8)
+    mask[4:12, 5:15] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    Image.new("RGB", (30, 30)).save(folder / "other-size.png")
+    out = tmp_path / "out"
+    assert _protect(folder, "-o", out, "--mask", tmp_path / "mask.png", model=tiny_model_dir) == 1
+    assert "the mask is 20×16 but the image is 30×30" in capsys.readouterr().err
+    changed = np.abs(_pixels(out / "photo.png") - _pixels(folder / "photo.jpg")).max(axis=2) > 0
+    assert changed.any() and not changed[mask == 0].any()
+
+
+def test_missing_model_exits_1_with_one_sentence(folder, tmp_path, capsys):
+    code = main(["protect", str(folder), "-o", str(tmp_path / "o"), "--model", "nobody-here/no-such-model"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "nobody-here/no-such-model" in err and "Traceback" not in err
+
+
+def test_targets_gray_and_image_file(folder, tmp_path, tiny_model_dir):
+    for target in ("gray", str(folder / "photo.jpg")):
+        out = tmp_path / f"out-{len(target)}"
+        assert _protect(folder / "art.png", "-o", out, "--method", "photoguard", "--target", target, model=tiny_model_dir) == 0
+    assert _protect(folder / "art.png", "-o", tmp_path / "x", "--method", "sdst", "--target", tmp_path / "none.png", model=tiny_model_dir) == 2
+
+
+def test_name_collisions_get_distinct_outputs(tmp_path, tiny_model_dir):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _picture(0).save(inputs / "same.jpg")
+    _picture(1).save(inputs / "same.png")
+    out = tmp_path / "out"
+    assert _protect(inputs, "-o", out, model=tiny_model_dir) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["same.png", "same.png.png"]
+
+
+def test_env_prints_versions_and_devices(capsys):
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    assert "torch" in out and "diffusers" in out and "cpu" in out
