@@ -34,7 +34,22 @@ def _digests(folder):
 
 
 def _protect(*args, model):
-    return main(["protect", *map(str, args), "--model", str(model), "--device", "cpu", "--steps", "2", "--step-size", "4", "--eps", "6"])
+    return main(
+        [
+            "protect",
+            *map(str, args),
+            "--model",
+            str(model),
+            "--device",
+            "cpu",
+            "--steps",
+            "2",
+            "--step-size",
+            "4",
+            "--eps",
+            "6",
+        ]
+    )
 
 
 def _pixels(path):
@@ -65,11 +80,35 @@ def test_protects_a_folder_and_writes_a_full_record(folder, tmp_path, tiny_model
 
 def test_same_seed_same_files(folder, tmp_path, tiny_model_dir):
     for name in ("a", "b"):
-        assert main(["protect", str(folder), "-o", str(tmp_path / name), "--model", str(tiny_model_dir), "--device", "cpu", "--steps", "2", "--method", "advdm", "--seed", "9"]) == 0
-    assert (tmp_path / "a" / "photo.png").read_bytes() == (tmp_path / "b" / "photo.png").read_bytes()
+        assert (
+            main(
+                [
+                    "protect",
+                    str(folder),
+                    "-o",
+                    str(tmp_path / name),
+                    "--model",
+                    str(tiny_model_dir),
+                    "--device",
+                    "cpu",
+                    "--steps",
+                    "2",
+                    "--method",
+                    "advdm",
+                    "--seed",
+                    "9",
+                ]
+            )
+            == 0
+        )
+    assert (tmp_path / "a" / "photo.png").read_bytes() == (
+        tmp_path / "b" / "photo.png"
+    ).read_bytes()
 
 
-def test_bad_files_are_reported_and_the_rest_still_processed(folder, tmp_path, tiny_model_dir, capsys):
+def test_bad_files_are_reported_and_the_rest_still_processed(
+    folder, tmp_path, tiny_model_dir, capsys
+):
     (folder / "empty.png").write_bytes(b"")
     (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff garbage")
     notes = tmp_path / "notes.txt"
@@ -85,8 +124,18 @@ def test_bad_files_are_reported_and_the_rest_still_processed(folder, tmp_path, t
     assert (out / "photo.png").is_file() and (out / "art.png").is_file()
     assert _digests(folder) == before
     (record_path,) = out.glob("protect-*.json")
-    outcome = {image["input"].split("/")[-1]: image["ok"] for image in json.loads(record_path.read_text())["images"]}
-    assert outcome == {"art.png": True, "corrupt.jpg": False, "empty.png": False, "photo.jpg": True, "notes.txt": False, "nowhere.png": False}
+    outcome = {
+        image["input"].split("/")[-1]: image["ok"]
+        for image in json.loads(record_path.read_text())["images"]
+    }
+    assert outcome == {
+        "art.png": True,
+        "corrupt.jpg": False,
+        "empty.png": False,
+        "photo.jpg": True,
+        "notes.txt": False,
+        "nowhere.png": False,
+    }
 
 
 @pytest.mark.parametrize(
@@ -98,8 +147,21 @@ def test_bad_files_are_reported_and_the_rest_still_processed(folder, tmp_path, t
         ("--batch-size", "0", "--batch-size must be at least 1"),
     ],
 )
-def test_out_of_range_values_exit_2_naming_the_value(option, value, message, folder, tmp_path, tiny_model_dir, capsys):
-    code = main(["protect", str(folder), "-o", str(tmp_path / "o"), "--model", str(tiny_model_dir), option, value])
+def test_out_of_range_values_exit_2_naming_the_value(
+    option, value, message, folder, tmp_path, tiny_model_dir, capsys
+):
+    code = main(
+        [
+            "protect",
+            str(folder),
+            "-o",
+            str(tmp_path / "o"),
+            "--model",
+            str(tiny_model_dir),
+            option,
+            value,
+        ]
+    )
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
@@ -119,7 +181,9 @@ def test_output_folder_equal_to_input_folder_is_refused(folder, tiny_model_dir, 
     assert _digests(folder) == before
 
 
-def test_mask_is_applied_on_disk_and_a_wrong_size_is_named(folder, tmp_path, tiny_model_dir, capsys):
+def test_mask_is_applied_on_disk_and_a_wrong_size_is_named(
+    folder, tmp_path, tiny_model_dir, capsys
+):
     mask = np.zeros((16, 20), dtype=np.uint8)
     mask[4:12, 5:15] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
@@ -132,7 +196,9 @@ def test_mask_is_applied_on_disk_and_a_wrong_size_is_named(folder, tmp_path, tin
 
 
 def test_missing_model_exits_1_with_one_sentence(folder, tmp_path, capsys):
-    code = main(["protect", str(folder), "-o", str(tmp_path / "o"), "--model", "nobody-here/no-such-model"])
+    code = main(
+        ["protect", str(folder), "-o", str(tmp_path / "o"), "--model", "nobody-here/no-such-model"]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert "nobody-here/no-such-model" in err and "Traceback" not in err
@@ -141,8 +207,32 @@ def test_missing_model_exits_1_with_one_sentence(folder, tmp_path, capsys):
 def test_targets_gray_and_image_file(folder, tmp_path, tiny_model_dir):
     for target in ("gray", str(folder / "photo.jpg")):
         out = tmp_path / f"out-{len(target)}"
-        assert _protect(folder / "art.png", "-o", out, "--method", "photoguard", "--target", target, model=tiny_model_dir) == 0
-    assert _protect(folder / "art.png", "-o", tmp_path / "x", "--method", "sdst", "--target", tmp_path / "none.png", model=tiny_model_dir) == 2
+        assert (
+            _protect(
+                folder / "art.png",
+                "-o",
+                out,
+                "--method",
+                "photoguard",
+                "--target",
+                target,
+                model=tiny_model_dir,
+            )
+            == 0
+        )
+    assert (
+        _protect(
+            folder / "art.png",
+            "-o",
+            tmp_path / "x",
+            "--method",
+            "sdst",
+            "--target",
+            tmp_path / "none.png",
+            model=tiny_model_dir,
+        )
+        == 2
+    )
 
 
 def test_name_collisions_get_distinct_outputs(tmp_path, tiny_model_dir):

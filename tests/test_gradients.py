@@ -87,7 +87,9 @@ def test_sds_direction_differs_from_the_full_gradient(tiny_model, images):
 
 def test_photoguard_gradient_is_the_latent_distance_gradient(tiny_model, images):
     step, embeddings = _setup(tiny_model, images)
-    target_latents = torch.randn(tiny_model.latent_shape(images), generator=torch.Generator().manual_seed(1))
+    target_latents = torch.randn(
+        tiny_model.latent_shape(images), generator=torch.Generator().manual_seed(1)
+    )
     with tiny_model.frozen():
         x = images.clone().requires_grad_(True)
         value = weighted_objective(

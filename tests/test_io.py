@@ -47,7 +47,9 @@ def test_palette_with_transparency_becomes_rgba(tmp_path):
     loaded = read_image(_save(tmp_path / "p.png", image, transparency=0))
     expected = np.asarray(image.convert("RGBA"))
     assert loaded.alpha is not None and np.array_equal(loaded.alpha.numpy(), expected[..., 3])
-    assert np.array_equal((loaded.pixels * 255).round().byte().permute(1, 2, 0).numpy(), expected[..., :3])
+    assert np.array_equal(
+        (loaded.pixels * 255).round().byte().permute(1, 2, 0).numpy(), expected[..., :3]
+    )
 
 
 def test_grayscale_becomes_gray_rgb(tmp_path):
@@ -76,7 +78,13 @@ def test_exif_orientation_is_applied_and_exif_and_icc_are_kept(tmp_path):
     exif[0x0112] = 6  # rotate 90° clockwise to display
     exif[0x010F] = "TestCam"
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
-    path = _save(tmp_path / "o.jpg", Image.fromarray(_gradient(24, 20)), exif=exif, icc_profile=icc, quality=95)
+    path = _save(
+        tmp_path / "o.jpg",
+        Image.fromarray(_gradient(24, 20)),
+        exif=exif,
+        icc_profile=icc,
+        quality=95,
+    )
     loaded = read_image(path)
     assert loaded.size == (24, 20)  # displayed: width and height swapped
     write_image(tmp_path / "o.png", (loaded.pixels * 255).round().byte(), loaded)
@@ -122,7 +130,9 @@ def test_write_refuses_the_source_and_leaves_no_partial_files(tmp_path):
         write_image(path, torch.zeros(3, 20, 24, dtype=torch.uint8), loaded)
     assert path.read_bytes() == before
     with pytest.raises(ImageFileError, match="could not be written"):
-        write_image(tmp_path / "missing-dir" / "x.png", torch.zeros(3, 20, 24, dtype=torch.uint8), loaded)
+        write_image(
+            tmp_path / "missing-dir" / "x.png", torch.zeros(3, 20, 24, dtype=torch.uint8), loaded
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
 
 

@@ -50,7 +50,9 @@ def test_mask_is_respected(name, tiny_model, images):
     mask = torch.zeros(1, 1, *images.shape[-2:])
     mask[..., 4:12, 5:15] = 1
     method = METHODS[name](budget=SHORT)
-    protected = protect(images, method, tiny_model, mask=mask, generator=torch.Generator().manual_seed(0))
+    protected = protect(
+        images, method, tiny_model, mask=mask, generator=torch.Generator().manual_seed(0)
+    )
     outside = mask.expand_as(images) == 0
     assert torch.equal(protected[outside], images[outside])
     assert not torch.equal(protected[~outside], images[~outside])
@@ -101,7 +103,9 @@ def _count_unet_calls(model, monkeypatch):
         ("mist", 3, 0),
     ],
 )
-def test_no_unet_pass_the_loss_does_not_use(name, with_grad, no_grad, tiny_model, images, monkeypatch):
+def test_no_unet_pass_the_loss_does_not_use(
+    name, with_grad, no_grad, tiny_model, images, monkeypatch
+):
     calls = _count_unet_calls(tiny_model, monkeypatch)
     run(name, tiny_model, images)
     assert calls == {"with_grad": with_grad, "no_grad": no_grad}

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import torch
 import pytest
+import torch
 
 from mimicshield import LatentDiffusion, ModelUnavailableError
 from mimicshield.models import resolve_device, resolve_dtype
@@ -80,7 +80,9 @@ def test_add_noise_and_target_match_the_scheduler(tiny_v_model):
     # ε̂ recovered from the exact v is the true ε.
     noisy = tiny_v_model.add_noise(latents, noise, timesteps)
     velocity = tiny_v_model.target(latents, noise, timesteps)
-    torch.testing.assert_close(tiny_v_model.predicted_noise(velocity, noisy, timesteps), noise, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        tiny_v_model.predicted_noise(velocity, noisy, timesteps), noise, rtol=1e-4, atol=1e-5
+    )
 
 
 def test_encode_decode_ranges_and_posterior_sampling(tiny_model):
@@ -98,7 +100,9 @@ def test_prompt_embeddings_are_computed_once(tiny_model, monkeypatch):
     tiny_model._prompt_cache.clear()
     calls = []
     original = tiny_model.text_encoder.forward
-    monkeypatch.setattr(tiny_model.text_encoder, "forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.setattr(
+        tiny_model.text_encoder, "forward", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
     first = tiny_model.embed(["a painting", "a painting"])
     second = tiny_model.embed(["a painting"])
     assert len(calls) == 1 and torch.equal(first[0], second[0])

@@ -161,7 +161,9 @@ def write_image(
         options["icc_profile"] = source.icc_profile
     temporary: str | None = None
     try:
-        handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix=path.suffix, dir=path.parent)
+        handle, temporary = tempfile.mkstemp(
+            prefix=".partial-", suffix=path.suffix, dir=path.parent
+        )
         with os.fdopen(handle, "wb") as stream:
             image.save(stream, format=image_format.upper(), **options)
         os.replace(temporary, path)

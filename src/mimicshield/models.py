@@ -277,7 +277,7 @@ class LatentDiffusion:
             )
             with torch.no_grad():
                 states = self.text_encoder(tokens.input_ids.to(self.device))[0]
-            for prompt, state in zip(missing, states):
+            for prompt, state in zip(missing, states, strict=True):
                 self._prompt_cache[prompt] = state.to(self.dtype)
         return torch.stack([self._prompt_cache[prompt] for prompt in prompts])
 
@@ -332,9 +332,9 @@ class LatentDiffusion:
 def _missing_model_sentence(source: str) -> str:
     if Path(source).exists():
         return (
-            f"'{source}' is not a complete diffusers Stable Diffusion folder (it needs vae/, unet/, "
-            "text_encoder/, tokenizer/ and scheduler/); point --model at a folder saved with "
-            "save_pretrained or at a hub id."
+            f"'{source}' is not a complete diffusers Stable Diffusion folder (it needs vae/, "
+            "unet/, text_encoder/, tokenizer/ and scheduler/); point --model at a folder saved "
+            "with save_pretrained or at a hub id."
         )
     return (
         f"The model '{source}' is not in the local Hugging Face cache and cannot be downloaded "

@@ -59,7 +59,7 @@ class StepNoise:
         images: torch.Tensor,
         generator: torch.Generator | None = None,
     ) -> StepNoise:
-        """Draw on the generator's device (CPU by default) so results do not depend on the model's."""
+        """Draw on the generator's device (CPU by default): results do not depend on the model's."""
         device = generator.device if generator is not None else torch.device("cpu")
         shape = model.latent_shape(images)
         timesteps = torch.randint(

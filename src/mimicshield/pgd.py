@@ -35,7 +35,7 @@ def pgd(
         objective: maps perturbed images (B, 3, H, W) in [0, 1] to a scalar tensor.
         images: (B, 3, H, W) float in [0, 1]; never modified.
         budget: radius, step size and number of steps.
-        random_start: start from a uniform draw in the ball (AdvDM-style) instead of the clean image.
+        random_start: start from a uniform draw in the ball (AdvDM-style), not the clean image.
         mask: (B or 1, 1, H, W) in [0, 1]; the perturbation is multiplied by it (1 = may change).
         generator: the only source of randomness (the random start).
         callback: called after every step with (step, steps, objective value).

@@ -41,7 +41,9 @@ def protect(
         _check_mask(mask, images)
     height, width = images.shape[-2:]
     padded = _pad_to_multiple(images.detach().float(), model.vae_scale_factor)
-    padded_mask = None if mask is None else _pad_to_multiple(mask.float(), model.vae_scale_factor, 0)
+    padded_mask = (
+        None if mask is None else _pad_to_multiple(mask.float(), model.vae_scale_factor, 0)
+    )
 
     with model.frozen():
         # 2. What stays fixed: prompt embeddings and target latents, computed once.
@@ -82,7 +84,9 @@ def _conditioning(
     return Conditioning(embeddings=embeddings, target_latents=target_latents)
 
 
-def _pad_to_multiple(tensor: torch.Tensor, multiple: int, value: float | None = None) -> torch.Tensor:
+def _pad_to_multiple(
+    tensor: torch.Tensor, multiple: int, value: float | None = None
+) -> torch.Tensor:
     """Pad bottom/right to a multiple of ``multiple``: edge-replicated, or ``value`` if given."""
     height, width = tensor.shape[-2:]
     pad = (0, -width % multiple, 0, -height % multiple)
