@@ -7,9 +7,9 @@ import logging
 import sys
 
 from .. import __version__
-from . import env, protect
+from . import bench, env, mimic, protect
 
-SUBCOMMANDS = (protect, env)
+SUBCOMMANDS = (protect, mimic, bench, env)
 
 
 def build_parser() -> argparse.ArgumentParser:

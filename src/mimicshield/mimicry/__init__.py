@@ -1,0 +1,59 @@
+"""Mimicry scenarios (DESIGN §4): what an imitator does with the images we protect.
+
+Each scenario is a function of a loaded ``LatentDiffusion`` and (B, 3, H, W) images in [0, 1]
+that returns images in [0, 1]. The diffusers pipelines behind them are built from the model's
+already loaded parts (nothing is loaded twice) and leave the model as they found it. Randomness
+comes only from the ``generator`` argument.
+
+- ``sdedit`` (multi-step DDIM img2img) and ``one_step_reconstruction`` (x̂₀ in one UNet call);
+- ``inpaint`` with an SD inpainting model or, for a base model, latent blending; masks from
+  ``MASKS`` (``center``, ``border``, ``strokes``) or a file;
+- ``textual_inversion``: ``learn_token`` then ``generate``, the token installed only inside
+  ``installed_token``'s ``with`` block.
+"""
+
+from __future__ import annotations
+
+from .inpaint import inpaint, is_inpainting_model
+from .masks import MASKS, border_mask, center_mask, strokes_mask
+from .sdedit import (
+    REFERENCE_STRENGTHS,
+    denoising_steps,
+    one_step_reconstruction,
+    one_step_timestep,
+    sdedit,
+)
+from .textual_inversion import (
+    OBJECT_TEMPLATES,
+    STYLE_TEMPLATES,
+    LearnedToken,
+    TextualInversionConfig,
+    generate,
+    initializer_embedding,
+    installed_token,
+    learn_token,
+    textual_inversion,
+)
+
+__all__ = [
+    "MASKS",
+    "OBJECT_TEMPLATES",
+    "REFERENCE_STRENGTHS",
+    "STYLE_TEMPLATES",
+    "LearnedToken",
+    "TextualInversionConfig",
+    "border_mask",
+    "center_mask",
+    "denoising_steps",
+    "generate",
+    "initializer_embedding",
+    "inpaint",
+    "installed_token",
+    "is_inpainting_model",
+    "learn_token",
+    "one_step_reconstruction",
+    "one_step_timestep",
+    "sdedit",
+    "strokes_mask",
+    "textual_inversion",
+]

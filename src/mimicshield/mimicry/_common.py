@@ -1,0 +1,101 @@
+"""What the mimicry scenarios share: input checks, padding, and pipelines over the loaded parts."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DiffusionPipeline
+
+from ..models import LatentDiffusion
+
+PipelineT = TypeVar("PipelineT", bound=DiffusionPipeline)
+
+
+def check_images(images: torch.Tensor, name: str = "images") -> None:
+    """Raise ValueError unless ``images`` is a non-empty (B, 3, H, W) float tensor in [0, 1]."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"{name} must be a (B, 3, H, W) tensor, got {shape}")
+    if images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
+        raise ValueError(
+            f"{name} must hold at least one non-empty image, got {tuple(images.shape)}"
+        )
+    if not images.is_floating_point():
+        raise ValueError(f"{name} must be floating point in [0, 1], got {images.dtype}")
+    if images.min() < 0 or images.max() > 1:
+        raise ValueError(
+            f"{name} must lie in [0, 1], got values in [{float(images.min()):g}, "
+            f"{float(images.max()):g}]"
+        )
+
+
+def check_strength(strength: float) -> None:
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+
+
+def check_positive(value: int, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_guidance(guidance_scale: float) -> None:
+    if not guidance_scale >= 0:  # also refuses NaN
+        raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+
+
+def pad_to_multiple(tensor: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Edge-replicate bottom/right so H and W are multiples of ``multiple`` (the VAE's factor).
+
+    Pipelines would otherwise resize the image, and the output would not align with the input.
+    """
+    height, width = tensor.shape[-2:]
+    pad = (0, -width % multiple, 0, -height % multiple)
+    if pad == (0, 0, 0, 0):
+        return tensor
+    return F.pad(tensor, pad, mode="replicate")
+
+
+def randn(
+    shape: tuple[int, ...], generator: torch.Generator | None, model: LatentDiffusion
+) -> torch.Tensor:
+    """Standard normal drawn on the generator's device (CPU by default), moved to the model's.
+
+    Drawing where the generator lives makes results independent of the model's device.
+    """
+    device = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn(shape, generator=generator, device=device).to(model.device, model.dtype)
+
+
+def build_pipeline(
+    pipeline_class: type[PipelineT], model: LatentDiffusion, **overrides: object
+) -> PipelineT:
+    """A diffusers pipeline over ``model``'s already loaded parts, with a fresh DDIM scheduler.
+
+    Nothing is loaded or copied: the pipeline references the same networks. The scheduler is a
+    new object (pipelines set its timesteps) built from the model's config, so the shared one is
+    never mutated. No safety checker (research use on the user's own images) and no progress bar
+    (the library does not print). ``overrides`` replaces parts, e.g. an extended tokenizer.
+    """
+    parts = {
+        "vae": model.vae,
+        "text_encoder": model.text_encoder,
+        "tokenizer": model.tokenizer,
+        "unet": model.unet,
+        "scheduler": DDIMScheduler.from_config(model.scheduler.config),
+        "safety_checker": None,
+        "feature_extractor": None,
+        "requires_safety_checker": False,
+        **overrides,
+    }
+    pipeline = pipeline_class(**parts)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def to_caller(output: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Pipeline output (B, 3, H', W') → cropped to ``like``'s H, W, on its device and dtype."""
+    height, width = like.shape[-2:]
+    return output[..., :height, :width].clamp(0, 1).to(like.device, like.dtype)

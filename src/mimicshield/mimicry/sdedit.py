@@ -1,0 +1,163 @@
+"""SDEdit (image-to-image): noise an image part of the way and denoise it under a prompt.
+
+Meng et al., "SDEdit: Guided image synthesis and editing with stochastic differential equations",
+ICLR 2022. With ``strength`` s and N DDIM steps, the image's latent is noised to the timestep of
+step ⌊s·N⌋ from the end and denoised over those ⌊s·N⌋ steps. The evaluation protocol (DESIGN §4)
+uses N = 100, s ∈ {0.01, 0.05, 0.1, 0.2, 0.3, 0.5}, the protection prompt and no guidance.
+
+``one_step_reconstruction`` is the single-shot variant: noise to t = s·T and decode the UNet's
+x̂₀ estimate directly, which shows what the denoiser "sees" in the encoder's latent.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from diffusers import StableDiffusionImg2ImgPipeline
+
+from ..models import LatentDiffusion
+from ._common import (
+    build_pipeline,
+    check_guidance,
+    check_images,
+    check_positive,
+    check_strength,
+    pad_to_multiple,
+    randn,
+    to_caller,
+)
+
+logger = logging.getLogger(__name__)
+
+#: The strengths of the reference evaluation, plus the commonly reported 0.5.
+REFERENCE_STRENGTHS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5)
+
+
+def denoising_steps(strength: float, num_inference_steps: int) -> int:
+    """How many DDIM steps SDEdit runs: ⌊strength · num_inference_steps⌋, and at least one.
+
+    diffusers takes the same floor but stops with an error when it is zero (e.g. strength 0.01
+    with fewer than 100 steps). An edit of zero steps is no edit at all, so the smallest edit the
+    step grid allows (one step, from the last DDIM timestep) is run instead and a warning says so.
+    The small tolerance keeps products like 0.57 · 100 = 56.99999… from losing a step.
+    """
+    check_strength(strength)
+    check_positive(num_inference_steps, "num_inference_steps")
+    steps = min(math.floor(strength * num_inference_steps + 1e-6), num_inference_steps)
+    if steps == 0:
+        logger.warning(
+            "strength %g × %d steps is less than one DDIM step; running one step (effective "
+            "strength %g). Use more steps for a finer strength.",
+            strength,
+            num_inference_steps,
+            1 / num_inference_steps,
+        )
+        return 1
+    return steps
+
+
+def sdedit(
+    model: LatentDiffusion,
+    images: torch.Tensor,
+    *,
+    prompt: str,
+    strength: float,
+    num_inference_steps: int = 100,
+    guidance_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Multi-step DDIM SDEdit of ``images`` with diffusers' img2img pipeline.
+
+    Args:
+        model: the loaded model; its parts are used in place and its state left as it was.
+        images: (B, 3, H, W) float in [0, 1], any H and W (edge-padded to the VAE's multiple and
+            cropped back). Not modified.
+        prompt: text condition, the same for every image (use the protection prompt).
+        strength: in (0, 1]: the fraction of the DDIM schedule to re-run (see ``denoising_steps``).
+        num_inference_steps: DDIM steps of the full schedule (100 in the protocol).
+        guidance_scale: classifier-free guidance; 1 (the protocol's) means none.
+        generator: the only randomness (posterior sample and noise); same seed → same output.
+
+    Returns:
+        (B, 3, H, W) in [0, 1], on the device and in the dtype of ``images``.
+    """
+    # 1. Check the inputs and fix the number of denoising steps.
+    check_images(images)
+    check_guidance(guidance_scale)
+    steps = denoising_steps(strength, num_inference_steps)
+    # diffusers recomputes ⌊s·N⌋; handing it the middle of the step's interval yields `steps`
+    # exactly, whatever the float round-off.
+    pipeline_strength = min(1.0, (steps + 0.5) / num_inference_steps)
+
+    # 2. Run the img2img pipeline on the same parts, padded to the VAE's multiple.
+    padded = pad_to_multiple(images.detach().float(), model.vae_scale_factor)
+    pipeline = build_pipeline(StableDiffusionImg2ImgPipeline, model)
+    with model.frozen():
+        edited = pipeline(
+            prompt=[prompt] * len(images),
+            image=padded.to(model.device),
+            strength=pipeline_strength,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            generator=generator,
+            output_type="pt",
+        ).images
+
+    # 3. Crop back; hand back in the caller's dtype and device.
+    return to_caller(edited, images)
+
+
+def one_step_timestep(strength: float, num_train_timesteps: int = 1000) -> int:
+    """The timestep of ``one_step_reconstruction``: s·T counted from 1, i.e. round(s·T) − 1.
+
+    Strength 1 gives T − 1 (pure noise for SD), 0.3 gives 299; tiny strengths give 0.
+    """
+    check_strength(strength)
+    return max(0, round(strength * num_train_timesteps) - 1)
+
+
+def one_step_reconstruction(
+    model: LatentDiffusion,
+    images: torch.Tensor,
+    *,
+    prompt: str,
+    strength: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Noise each latent to t = s·T, predict x̂₀ with one UNet call, decode it.
+
+    x̂₀ = (z_t − √(1 − ᾱ_t) · ε̂) / √ᾱ_t with ε̂ the UNet's noise estimate (v-prediction models
+    are converted to ε first). No guidance.
+
+    Args:
+        model: the loaded model; its state is left as it was.
+        images: (B, 3, H, W) float in [0, 1], any H and W. Not modified.
+        prompt: text condition (use the protection prompt).
+        strength: in (0, 1]; the timestep is ``one_step_timestep(strength, T)``.
+        generator: draws the posterior sample, then the noise; same seed → same output.
+
+    Returns:
+        (B, 3, H, W) in [0, 1], on the device and in the dtype of ``images``.
+    """
+    # 1. Check the inputs and choose the timestep.
+    check_images(images)
+    timestep = one_step_timestep(strength, model.num_train_timesteps)
+    padded = pad_to_multiple(images.detach().float(), model.vae_scale_factor)
+    shape = model.latent_shape(padded)
+
+    with model.frozen(), torch.no_grad():
+        # 2. A posterior sample of the latent, as the pipelines take it, noised to t.
+        latents = model.encode(padded, posterior_noise=randn(shape, generator, model))
+        timesteps = torch.full((shape[0],), timestep, dtype=torch.long, device=model.device)
+        noisy = model.add_noise(latents, randn(shape, generator, model), timesteps)
+
+        # 3. One denoiser call, its ε̂, and the x̂₀ it implies.
+        output = model.predict(noisy, timesteps, model.embed([prompt] * shape[0]))
+        noise_estimate = model.predicted_noise(output, noisy, timesteps)
+        alpha_bar = model.scheduler.alphas_cumprod[timestep].item()
+        estimate = (noisy - math.sqrt(1 - alpha_bar) * noise_estimate) / math.sqrt(alpha_bar)
+
+        # 4. Decode; crop back to the caller's size, device and dtype.
+        return to_caller(model.decode(estimate), images)

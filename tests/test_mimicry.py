@@ -1,0 +1,450 @@
+"""Mimicry scenarios on tiny models: shapes, ranges, seeds, exactness, model left as found."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, UNet2DConditionModel
+from safetensors.torch import load_file
+
+from mimicshield import LatentDiffusion
+from mimicshield.architectures import TINY
+from mimicshield.mimicry import (
+    MASKS,
+    TextualInversionConfig,
+    border_mask,
+    center_mask,
+    denoising_steps,
+    generate,
+    initializer_embedding,
+    inpaint,
+    installed_token,
+    is_inpainting_model,
+    learn_token,
+    one_step_reconstruction,
+    one_step_timestep,
+    sdedit,
+    strokes_mask,
+    textual_inversion,
+)
+
+
+def _seed(value: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(value)
+
+
+@contextlib.contextmanager
+def _count_unet_calls(model):
+    calls = []
+    handle = model.unet.register_forward_hook(lambda module, args, output: calls.append(1))
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+def _snapshot(model):
+    """Everything a scenario could leave changed: weights, flags, modes, modules, vocabulary."""
+    networks = {"vae": model.vae, "unet": model.unet, "text_encoder": model.text_encoder}
+    return {
+        "weights": {
+            name: {key: value.clone() for key, value in net.state_dict().items()}
+            for name, net in networks.items()
+        },
+        "requires_grad": {
+            name: [p.requires_grad for p in net.parameters()] for name, net in networks.items()
+        },
+        "training": {name: [m.training for m in net.modules()] for name, net in networks.items()},
+        "input_embeddings": model.text_encoder.get_input_embeddings(),
+        "vocab": dict(model.tokenizer.get_vocab()),
+        "vocab_size": len(model.tokenizer),
+        "table_shape": tuple(model.text_encoder.get_input_embeddings().weight.shape),
+    }
+
+
+def _assert_same_state(model, before):
+    after = _snapshot(model)
+    for name, weights in before["weights"].items():
+        assert weights.keys() == after["weights"][name].keys(), name
+        for key, value in weights.items():
+            assert torch.equal(value, after["weights"][name][key]), f"{name}.{key} changed"
+    assert after["requires_grad"] == before["requires_grad"]
+    assert after["training"] == before["training"]
+    assert after["input_embeddings"] is before["input_embeddings"]
+    assert after["vocab"] == before["vocab"]
+    assert after["vocab_size"] == before["vocab_size"]
+    assert after["table_shape"] == before["table_shape"]
+
+
+@pytest.fixture
+def odd_images():
+    """Two images (2, 3, 17, 20): H not a multiple of the VAE's factor, values at both ends."""
+    images = torch.rand(2, 3, 17, 20, generator=_seed(5))
+    images[:, :, 0, 0], images[:, :, -1, -1] = 0.0, 1.0
+    return images
+
+
+@pytest.fixture
+def fresh_model():
+    """A model of its own (state is changed on purpose before some tests)."""
+    return LatentDiffusion.random("tiny", seed=0)
+
+
+# ---------------------------------------------------------------------------------------- SDEdit
+
+
+def test_sdedit_shape_range_seed_and_input_untouched(tiny_model, odd_images):
+    original = odd_images.clone()
+    run = dict(prompt="a photo", strength=0.3, num_inference_steps=10)
+    first = sdedit(tiny_model, odd_images, **run, generator=_seed(0))
+    again = sdedit(tiny_model, odd_images, **run, generator=_seed(0))
+    other = sdedit(tiny_model, odd_images, **run, generator=_seed(1))
+    assert first.shape == odd_images.shape and first.dtype == odd_images.dtype
+    assert 0 <= first.min() and first.max() <= 1
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+    assert torch.equal(odd_images, original)
+
+
+@pytest.mark.parametrize(
+    ("strength", "steps", "expected"),
+    [(0.3, 10, 3), (1.0, 4, 4), (0.01, 100, 1), (0.57, 100, 57), (0.05, 100, 5)],
+)
+def test_denoising_steps_is_the_floor_of_strength_times_steps(strength, steps, expected):
+    assert denoising_steps(strength, steps) == expected
+
+
+def test_sdedit_runs_exactly_the_denoising_steps(tiny_model, images):
+    with _count_unet_calls(tiny_model) as calls:
+        sdedit(tiny_model, images, prompt="a photo", strength=0.3, num_inference_steps=10)
+    assert len(calls) == 3
+
+
+def test_sdedit_tiny_strength_runs_one_step_and_warns(tiny_model, images, caplog):
+    with caplog.at_level(logging.WARNING), _count_unet_calls(tiny_model) as calls:
+        edited = sdedit(tiny_model, images, prompt="a photo", strength=0.01, num_inference_steps=10)
+    assert len(calls) == 1
+    assert "less than one DDIM step" in caplog.text
+    assert edited.shape == images.shape
+
+
+def test_sdedit_guidance_batches_unconditional_and_conditional(tiny_model, images):
+    batch_sizes = []
+    handle = tiny_model.unet.register_forward_pre_hook(
+        lambda module, args: batch_sizes.append(args[0].shape[0])
+    )
+    try:
+        sdedit(
+            tiny_model,
+            images,
+            prompt="a photo",
+            strength=0.5,
+            num_inference_steps=4,
+            guidance_scale=7.5,
+        )
+    finally:
+        handle.remove()
+    assert batch_sizes == [4, 4]  # 2 steps, each one pass over (unconditional, conditional) × 2
+
+
+@pytest.mark.parametrize("strength", [0.0, -0.1, 1.5])
+def test_sdedit_rejects_strength_outside_unit_interval(tiny_model, images, strength):
+    with pytest.raises(ValueError, match=rf"strength must be in \(0, 1\], got {strength}"):
+        sdedit(tiny_model, images, prompt="a photo", strength=strength)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (torch.rand(3, 16, 16), r"\(B, 3, H, W\)"),
+        (torch.rand(0, 3, 16, 16), "at least one"),
+        (torch.rand(1, 3, 16, 16) * 2, r"\[0, 1\]"),
+        (torch.zeros(1, 3, 16, 16, dtype=torch.uint8), "floating point"),
+    ],
+)
+def test_scenarios_reject_bad_images(tiny_model, bad, message):
+    with pytest.raises(ValueError, match=message):
+        sdedit(tiny_model, bad, prompt="a photo", strength=0.3)
+    with pytest.raises(ValueError, match=message):
+        one_step_reconstruction(tiny_model, bad, prompt="a photo", strength=0.3)
+    with pytest.raises(ValueError, match=message):
+        learn_token(tiny_model, bad, TextualInversionConfig(steps=1))
+
+
+def test_sdedit_leaves_the_model_and_its_scheduler_as_found(fresh_model, images):
+    fresh_model.unet.train()
+    before = _snapshot(fresh_model)
+    scheduler = fresh_model.scheduler
+    timesteps = scheduler.timesteps.clone()
+    sdedit(fresh_model, images, prompt="a photo", strength=0.2, num_inference_steps=5)
+    _assert_same_state(fresh_model, before)
+    assert fresh_model.scheduler is scheduler
+    assert torch.equal(scheduler.timesteps, timesteps)  # the pipeline set its own scheduler's
+
+
+# ------------------------------------------------------------------------------ one-step x̂₀
+
+
+@pytest.mark.parametrize(("strength", "expected"), [(0.3, 299), (1.0, 999), (1e-4, 0)])
+def test_one_step_timestep(strength, expected):
+    assert one_step_timestep(strength, 1000) == expected
+
+
+@pytest.mark.parametrize("fixture", ["tiny_model", "tiny_v_model"])
+def test_one_step_reconstruction_matches_ddim_x0_prediction(fixture, request, images):
+    """Against diffusers' DDIM `pred_original_sample`, which handles ε and v independently."""
+    model = request.getfixturevalue(fixture)
+    result = one_step_reconstruction(
+        model, images, prompt="a photo", strength=0.3, generator=_seed(3)
+    )
+
+    generator = _seed(3)  # same draws in the same order: posterior sample, then noise
+    shape = model.latent_shape(images)
+    posterior_noise = torch.randn(shape, generator=generator)
+    noise = torch.randn(shape, generator=generator)
+    timesteps = torch.full((len(images),), 299)
+    scheduler = DDIMScheduler.from_config(model.scheduler.config)
+    scheduler.set_timesteps(10)
+    with torch.no_grad():
+        latents = model.encode(images, posterior_noise)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        output = model.unet(noisy, timesteps, encoder_hidden_states=model.embed(["a photo"] * 2))
+        x0 = scheduler.step(output.sample, 299, noisy).pred_original_sample
+        expected = model.decode(x0)
+    assert result.shape == images.shape
+    torch.testing.assert_close(result, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_one_step_reconstruction_same_seed_same_output(tiny_model, odd_images):
+    first = one_step_reconstruction(
+        tiny_model, odd_images, prompt="a photo", strength=0.1, generator=_seed(0)
+    )
+    again = one_step_reconstruction(
+        tiny_model, odd_images, prompt="a photo", strength=0.1, generator=_seed(0)
+    )
+    assert first.shape == odd_images.shape
+    assert 0 <= first.min() and first.max() <= 1
+    assert torch.equal(first, again)
+
+
+# --------------------------------------------------------------------------------------- masks
+
+
+def test_generated_masks_are_binary_and_sized():
+    for name, make in MASKS.items():
+        mask = make(17, 20, generator=_seed(0))
+        assert mask.shape == (1, 1, 17, 20), name
+        assert set(mask.unique().tolist()) == {0.0, 1.0}, name
+
+
+def test_center_and_border_are_complements_with_the_box_in_the_middle():
+    center = center_mask(16, 20)
+    assert torch.equal(center + border_mask(16, 20), torch.ones(1, 1, 16, 20))
+    assert center[0, 0, 4:12, 5:15].eq(1).all() and center.sum() == 8 * 10
+
+
+def test_strokes_are_seeded():
+    first = strokes_mask(32, 32, generator=_seed(0))
+    assert torch.equal(first, strokes_mask(32, 32, generator=_seed(0)))
+    assert not torch.equal(first, strokes_mask(32, 32, generator=_seed(1)))
+    assert 0 < first.mean() < 1
+
+
+def test_masks_reject_bad_parameters():
+    with pytest.raises(ValueError, match="fraction must be in"):
+        center_mask(16, 16, fraction=1.0)
+    with pytest.raises(ValueError, match="mask size must be positive, got 0×16"):
+        border_mask(0, 16)
+    with pytest.raises(ValueError, match="strokes=0"):
+        strokes_mask(16, 16, strokes=0)
+
+
+# ---------------------------------------------------------------------------------- inpainting
+
+
+@pytest.mark.parametrize("name", list(MASKS))
+def test_inpaint_keeps_pixels_outside_the_mask_exactly(tiny_model, odd_images, name):
+    mask = MASKS[name](17, 20, generator=_seed(2))
+    original = odd_images.clone()
+    result = inpaint(
+        tiny_model, odd_images, mask, prompt="a photo", num_inference_steps=3, generator=_seed(0)
+    )
+    keep = (mask < 0.5).expand_as(odd_images)
+    assert result.shape == odd_images.shape and result.dtype == odd_images.dtype
+    assert 0 <= result.min() and result.max() <= 1
+    assert torch.equal(result[keep], odd_images[keep])
+    assert not torch.equal(result[~keep], odd_images[~keep])  # the masked part was repainted
+    assert torch.equal(odd_images, original)
+
+
+def test_inpaint_same_seed_same_output_and_per_image_masks(tiny_model, images):
+    masks = torch.cat([center_mask(16, 20), border_mask(16, 20)])  # (2, 1, 16, 20)
+    run = dict(prompt="a photo", num_inference_steps=3, guidance_scale=1.0)
+    first = inpaint(tiny_model, images, masks, **run, generator=_seed(0))
+    assert torch.equal(first, inpaint(tiny_model, images, masks, **run, generator=_seed(0)))
+    for index in range(2):
+        keep = (masks[index] < 0.5).expand_as(images[index])
+        assert torch.equal(first[index][keep], images[index][keep])
+
+
+def test_inpaint_soft_mask_is_binarised_at_one_half(tiny_model, images):
+    mask = torch.full((1, 1, 16, 20), 0.4)
+    mask[..., :8, :] = 0.6
+    result = inpaint(tiny_model, images, mask, prompt="a photo", num_inference_steps=2)
+    assert torch.equal(result[..., 8:, :], images[..., 8:, :])
+    assert not torch.equal(result[..., :8, :], images[..., :8, :])
+
+
+@pytest.mark.parametrize(
+    ("mask", "message"),
+    [
+        (torch.ones(1, 1, 16, 16), r"mask must have shape \(1 or 2, 1, 16, 20\).*\(1, 1, 16, 16\)"),
+        (torch.ones(3, 1, 16, 20), r"got \(3, 1, 16, 20\)"),
+        (torch.ones(1, 3, 16, 20), r"got \(1, 3, 16, 20\)"),
+        (torch.full((1, 1, 16, 20), 255.0), r"mask must lie in \[0, 1\]"),
+    ],
+)
+def test_inpaint_rejects_bad_masks(tiny_model, images, mask, message):
+    with pytest.raises(ValueError, match=message):
+        inpaint(tiny_model, images, mask, prompt="a photo")
+
+
+def test_inpaint_uses_the_inpainting_unet_when_it_has_nine_channels(tiny_model, images):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(**{**TINY["unet"], "in_channels": 9})
+    model = LatentDiffusion(
+        tiny_model.vae,
+        unet,
+        tiny_model.text_encoder,
+        tiny_model.tokenizer,
+        tiny_model.scheduler,
+        "tiny-inpainting",
+        random_weights=True,
+    )
+    seen_channels = []
+    handle = unet.register_forward_pre_hook(
+        lambda module, args: seen_channels.append(args[0].shape[1])
+    )
+    mask = border_mask(16, 20)
+    try:
+        result = inpaint(model, images, mask, prompt="a photo", num_inference_steps=2)
+    finally:
+        handle.remove()
+    assert is_inpainting_model(model) and not is_inpainting_model(tiny_model)
+    assert seen_channels == [9, 9]
+    keep = (mask < 0.5).expand_as(images)
+    assert torch.equal(result[keep], images[keep])
+
+
+# --------------------------------------------------------------------------- textual inversion
+
+
+def test_textual_inversion_leaves_tokenizer_and_text_encoder_exactly_as_before(fresh_model, images):
+    # A mixed state, so that "restored" cannot pass by accident: encoder training, UNet eval,
+    # one encoder layer trainable.
+    fresh_model.text_encoder.train()
+    fresh_model.text_encoder.requires_grad_(False)
+    fresh_model.text_encoder.get_input_embeddings().requires_grad_(True)
+    before = _snapshot(fresh_model)
+    initial = initializer_embedding(fresh_model, "painting")
+
+    config = TextualInversionConfig(steps=4, batch_size=2)
+    generated, token = textual_inversion(
+        fresh_model, images, config=config, num_images=2, num_inference_steps=2, generator=_seed(0)
+    )
+
+    _assert_same_state(fresh_model, before)
+    assert generated.shape == (2, 3, 16, 20)
+    assert 0 <= generated.min() and generated.max() <= 1
+    assert token.embedding.shape == initial.shape
+    assert not torch.allclose(token.embedding, initial)  # the learned row moved
+    assert len(token.losses) == 4 and all(torch.isfinite(torch.tensor(token.losses)))
+
+
+def test_learn_token_same_seed_same_embedding(tiny_model, images):
+    config = TextualInversionConfig(steps=3)
+    first = learn_token(tiny_model, images, config, generator=_seed(0))
+    again = learn_token(tiny_model, images, config, generator=_seed(0))
+    other = learn_token(tiny_model, images, config, generator=_seed(1))
+    assert torch.equal(first.embedding, again.embedding)
+    assert not torch.equal(first.embedding, other.embedding)
+
+
+def test_learn_token_reports_progress(tiny_model, images):
+    seen = []
+    learn_token(
+        tiny_model,
+        images,
+        TextualInversionConfig(steps=2),
+        callback=lambda step, steps, loss: seen.append((step, steps)),
+    )
+    assert seen == [(1, 2), (2, 2)]
+
+
+def test_installed_token_only_inside_the_block_and_restored_after_an_error(tiny_model):
+    placeholder = "<sks>"
+    prompt = f"a painting of {placeholder}"
+    plain = tiny_model.embed(["a photo"])
+    table = tiny_model.text_encoder.get_input_embeddings()
+    vocab_size = len(tiny_model.tokenizer)
+    with pytest.raises(RuntimeError, match="boom"), torch.no_grad():
+        with installed_token(tiny_model, placeholder, torch.zeros(32)) as token:
+            zero = token.embed(tiny_model, [prompt])
+            token.vector.fill_(1.0)
+            one = token.embed(tiny_model, [prompt])
+            assert not torch.allclose(zero, one)  # the placeholder's row is the vector
+            assert torch.equal(token.embed(tiny_model, ["a photo"]), plain)  # others as before
+            assert len(token.tokenizer) == vocab_size + 1
+            raise RuntimeError("boom")
+    assert tiny_model.text_encoder.get_input_embeddings() is table
+    assert len(tiny_model.tokenizer) == vocab_size
+    assert placeholder not in tiny_model.tokenizer.get_vocab()
+
+
+def test_installed_token_refuses_a_known_word_and_a_wrong_size(tiny_model):
+    with pytest.raises(ValueError, match="already in the vocabulary"):
+        with installed_token(tiny_model, "a</w>", torch.zeros(32)):
+            pass
+    with pytest.raises(ValueError, match=r"shape \(32,\).*got \(16,\)"):
+        with installed_token(tiny_model, "<new>", torch.zeros(16)):
+            pass
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"placeholder": "<Upper>"}, "lower case"),
+        ({"steps": 0}, "steps must be a positive integer, got 0"),
+        ({"learning_rate": 0.0}, "learning_rate must be > 0"),
+        ({"templates": ("no slot",)}, "each contain"),
+    ],
+)
+def test_textual_inversion_config_is_checked(settings, message):
+    with pytest.raises(ValueError, match=message):
+        TextualInversionConfig(**settings)
+
+
+def test_generate_crops_odd_sizes_and_saved_embedding_reads_back(tiny_model, tmp_path):
+    token = learn_token(
+        tiny_model, torch.rand(1, 3, 16, 16, generator=_seed(0)), TextualInversionConfig(steps=1)
+    )
+    images = generate(
+        tiny_model,
+        token,
+        num_images=3,
+        height=12,
+        width=20,
+        num_inference_steps=2,
+        generator=_seed(0),
+    )
+    assert images.shape == (3, 3, 12, 20)
+    token.save(tmp_path / "learned.safetensors")
+    assert torch.equal(
+        load_file(tmp_path / "learned.safetensors")[token.placeholder], token.embedding
+    )
+    with pytest.raises(ValueError, match="must contain"):
+        generate(tiny_model, token, prompt="no slot")
