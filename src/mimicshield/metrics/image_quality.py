@@ -42,7 +42,9 @@ def ssim(images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
     _check_pair(images, references)
     size = 2 * _SSIM_RADIUS + 1
     if min(images.shape[-2:]) < size:
-        raise ValueError(f"SSIM needs images of at least {size}×{size}, got {tuple(images.shape[-2:])}")
+        raise ValueError(
+            f"SSIM needs images of at least {size}×{size}, got {tuple(images.shape[-2:])}"
+        )
     x, y = images.double(), references.double()
     channels = x.shape[1]
     offsets = torch.arange(size, dtype=torch.float64, device=x.device) - _SSIM_RADIUS
