@@ -6,16 +6,18 @@ Originals are never written to; outputs appear atomically (see ``io.write_image`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from .budget import linf_255, quantise_within_budget
 from .environment import versions
@@ -30,8 +32,9 @@ from .io import (
 )
 from .methods import ProtectionMethod
 from .metrics import psnr, ssim
-from .models import LatentDiffusion
+from .models import LatentDiffusion, resolve_dtype
 from .protect import protect
+from .sharding import file_sha256, is_done
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +60,8 @@ class FileResult:
     psnr_db: float | None = None
     ssim: float | None = None
     seconds: float | None = None
+    input_sha256: str | None = None  # the input's bytes, to recognise it when resuming
+    reused: bool = False  # protected by an earlier run with the same settings, not redone
 
 
 @dataclass
@@ -104,6 +109,25 @@ def collect_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return files
 
 
+def largest_image(paths: Iterable[Path]) -> tuple[int, int] | None:
+    """(H, W) of the input with the most pixels, from the file headers only (fast).
+
+    For memory planning: only the pixel count matters, so EXIF rotation is ignored. Files that
+    cannot be opened are skipped here (they fail with a clear message when read). None if no
+    file could be opened.
+    """
+    largest: tuple[int, int] | None = None
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+        except (OSError, SyntaxError, ValueError):
+            continue
+        if largest is None or height * width > largest[0] * largest[1]:
+            largest = (height, width)
+    return largest
+
+
 def plan_outputs(inputs: list[Path], output_dir: Path, image_format: str) -> dict[Path, Path]:
     """Map each input to its output path: same stem, the format's suffix, never colliding.
 
@@ -135,11 +159,70 @@ def plan_outputs(inputs: list[Path], output_dir: Path, image_format: str) -> dic
     return planned
 
 
+def settings_fingerprint(job: ProtectionJob, model_name: str, dtype: str | torch.dtype) -> str:
+    """SHA-256 of the settings that decide what a protected file looks like.
+
+    Included: the method's full record (budget, prompt, start, weights; a target image by its
+    content), the model's name and precision, the seed, the mask's content and the output format.
+    Left out on purpose: batch size, device, process count and speed switches (how the work is
+    spread and computed, not what is asked for), and package versions (an upgrade should not
+    redo finished work). A re-run skips an image only under the same fingerprint.
+    """
+    method = job.method.as_record()
+    target = getattr(job.method, "target", None)
+    if isinstance(target, torch.Tensor):
+        method["target"] = _tensor_sha256(target)
+    settings = {
+        "method": method,
+        "model": str(model_name),
+        "dtype": str(resolve_dtype(dtype)).removeprefix("torch."),
+        "seed": job.seed,
+        "mask": None if job.mask is None else _tensor_sha256(job.mask),
+        "output_format": job.image_format,
+    }
+    canonical = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _tensor_sha256(tensor: torch.Tensor) -> str:
+    values = tensor.detach().cpu().contiguous().float().numpy()
+    return "sha256:" + hashlib.sha256(values.tobytes() + str(values.shape).encode()).hexdigest()
+
+
+def reuse_completed(
+    inputs: list[Path], outputs: dict[Path, Path], completed: dict[str, dict]
+) -> tuple[list[FileResult], list[Path]]:
+    """Split inputs into those an earlier run already protected and those still to do.
+
+    Args:
+        inputs: image files.
+        outputs: each input's output path (``plan_outputs`` over the whole run).
+        completed: ``sharding.completed_outputs`` of the output folder's records.
+
+    Returns:
+        (results copied from the earlier records with ``reused`` set, inputs still to protect).
+    """
+    reused: list[FileResult] = []
+    remaining: list[Path] = []
+    known = {item.name for item in fields(FileResult)}
+    for path in inputs:
+        output = outputs[path]
+        entry = completed.get(str(output.resolve()))
+        digest = file_sha256(path) if entry is not None else None
+        if digest is not None and is_done(entry, output, digest):
+            earlier = {key: value for key, value in entry.items() if key in known}
+            reused.append(FileResult(**{**earlier, "input": str(path), "reused": True}))
+        else:
+            remaining.append(path)
+    return reused, remaining
+
+
 def run_job(
     inputs: list[Path],
     job: ProtectionJob,
     model: LatentDiffusion,
     *,
+    outputs: dict[Path, Path] | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
     on_file: Callable[[FileResult], None] | None = None,
 ) -> list[FileResult]:
@@ -149,10 +232,13 @@ def run_job(
         inputs: image files (see ``collect_inputs``).
         job: the settings.
         model: the loaded model.
+        outputs: each input's output path; planned from ``inputs`` when None. A process that
+            protects one shard of a run passes the plan of the whole run, so that names agree.
         on_step: called after each PGD step of each batch (progress bars).
         on_file: called as each file finishes, in the order they finish (incremental records).
     """
-    outputs = plan_outputs(inputs, job.output_dir, job.image_format)
+    if outputs is None:
+        outputs = plan_outputs(inputs, job.output_dir, job.image_format)
     job.output_dir.mkdir(parents=True, exist_ok=True)
     results = {path: FileResult(input=str(path)) for path in inputs}
 
@@ -168,7 +254,7 @@ def run_job(
             images, job.method, model, mask=job.mask, generator=generator, callback=on_step
         )
         seconds = (time.perf_counter() - started) / len(batch)
-        for item, pixels in zip(batch, protected):
+        for item, pixels in zip(batch, protected, strict=True):
             result = results[item.path]
             result.seconds = round(seconds, 3)
             _save_and_verify(item, pixels, outputs[item.path], job, result)
@@ -185,6 +271,7 @@ def _batches(
     """Read inputs lazily and yield same-size batches; unreadable files finish as errors here."""
     pending: dict[tuple[int, int], list[LoadedImage]] = {}
     for path in inputs:
+        results[path].input_sha256 = file_sha256(path)
         try:
             loaded = read_image(path, max_pixels=job.max_pixels)
             _check_mask_fits(job.mask, loaded)
@@ -245,7 +332,10 @@ def write_record(
     results: list[FileResult],
     extra: dict[str, object],
 ) -> None:
-    """Write the run's JSON provenance record (method, parameters, seed, versions, per image)."""
+    """Write the run's JSON provenance record (method, parameters, seed, versions, per image).
+
+    The record carries ``settings_fingerprint`` (see ``settings_fingerprint``) for resuming.
+    """
     record = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "units": "linf_255 and eps_255 are in 1/255 of the [0, 1] range; psnr_db in dB",
@@ -255,6 +345,7 @@ def write_record(
         "output_format": job.image_format,
         "mask": None if job.mask is None else f"{tuple(job.mask.shape[-2:])}",
         "model": model.describe(),
+        "settings_fingerprint": settings_fingerprint(job, model.name, model.dtype),
         "versions": versions(),
         **extra,
         "images": [asdict(result) for result in results],

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from ..models import DEFAULT_MODEL, DTYPES
+from ..models import DEFAULT_MODEL, DTYPES, LatentDiffusion
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """--model, --device, --dtype."""
+def add_model_options(parser: argparse.ArgumentParser, *, auto_dtype: bool = False) -> None:
+    """--model, --device, --dtype (with ``auto_dtype``, also ``--dtype auto``, the default)."""
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model",
@@ -20,6 +20,32 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)"
     )
+    if auto_dtype:
+        group.add_argument(
+            "--dtype",
+            default="auto",
+            choices=["auto", *sorted(DTYPES)],
+            help="networks' precision; the perturbation always stays fp32. auto: bf16 on a GPU "
+            "that supports it, else fp32 (bf16 on CPU only if fp32 does not fit --max-memory) "
+            "(default: auto)",
+        )
+        return
     group.add_argument(
         "--dtype", default="fp32", choices=sorted(DTYPES), help="weights' precision (default: fp32)"
     )
+
+
+def model_notes(model: LatentDiffusion) -> list[str]:
+    """What a user must know about the model before trusting any result: random or miniature."""
+    if model.random_weights:
+        return [
+            f"model '{model.name}' has RANDOM weights: this run exercises the code path and "
+            "protects against nothing real."
+        ]
+    if model.name == "mini":
+        return [
+            "model 'mini' is a miniature trained here on a few thousand small images for "
+            "demonstration; it is not Stable Diffusion and results against it say nothing about "
+            "real models."
+        ]
+    return []

@@ -3,25 +3,45 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import os
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from .. import METHODS, Budget, BudgetError, LatentDiffusion, ModelUnavailableError
+from ..acceleration import SpeedOptions, configure
 from ..batch import (
     FileResult,
     InputError,
     ProtectionJob,
     collect_inputs,
+    largest_image,
     plan_outputs,
+    reuse_completed,
     run_job,
+    settings_fingerprint,
     write_record,
 )
 from ..io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, ImageFileError, read_image, read_mask
 from ..methods import TargetedMethod
+from ..models import resolve_device, resolve_dtype
+from ..planning import (
+    AUTO_MAX_BATCH,
+    MemoryPlan,
+    MemoryPlanError,
+    ModelSize,
+    automatic_budget,
+    default_dtypes,
+    parse_memory,
+    plan_memory,
+)
+from ..sharding import completed_outputs, merge_records, part_record_path, read_records, shard
 from .options import add_model_options
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -58,7 +78,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--mask", type=Path, help="image: white = may be perturbed, black = keep")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--batch-size", type=int, default=1, help="images per batch (default: 1)")
+    parser.add_argument(
+        "--batch-size",
+        default="1",
+        help="images of one size per batch, or 'auto' for the largest that fits --max-memory "
+        f"(up to {AUTO_MAX_BATCH}); lowered to fit (default: 1, so that each image's result does "
+        "not depend on the others)",
+    )
     parser.add_argument(
         "--format", default="png", choices=list(OUTPUT_FORMATS), help="lossless output format"
     )
@@ -68,7 +94,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_MAX_PIXELS,
         help=f"refuse larger images (default: {DEFAULT_MAX_PIXELS})",
     )
-    add_model_options(parser)
+    add_model_options(parser, auto_dtype=True)
+    speed = parser.add_argument_group("speed and memory")
+    speed.add_argument(
+        "--max-memory",
+        default="auto",
+        help="memory budget per process, e.g. 8GiB: batch size and precision (with --dtype auto) "
+        "are chosen to fit; 'auto' uses 85%% of what the device has free (default: auto)",
+    )
+    speed.add_argument("--channels-last", action="store_true", help="NHWC layout (GPU speed)")
+    speed.add_argument(
+        "--compile", action="store_true", help="torch.compile encoder and UNet (slow first step)"
+    )
+    speed.add_argument(
+        "--attention-slicing", action="store_true", help="diffusers' sliced UNet attention"
+    )
+    speed.add_argument(
+        "--vae-tiling", action="store_true", help="encode large images tile by tile (alters seams)"
+    )
+    speed.add_argument(
+        "--encoder-checkpointing",
+        action="store_true",
+        help="recompute encoder activations in the backward pass (more time; measured on CPU "
+        "not to lower the peak, see bench/README.md)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -76,61 +125,216 @@ def run(args: argparse.Namespace) -> int:
     # 1. Everything that can be checked without a model.
     try:
         inputs = collect_inputs(args.inputs)
-        plan_outputs(inputs, args.output, args.format)
+        outputs = plan_outputs(inputs, args.output, args.format)
         job = ProtectionJob(
             method=_method(args),
             output_dir=args.output,
             seed=args.seed,
-            batch_size=_positive(args.batch_size, "--batch-size"),
+            batch_size=1,  # set from the memory plan below
             mask=None if args.mask is None else read_mask(args.mask),
             image_format=args.format,
             max_pixels=_positive(args.max_pixels, "--max-pixels"),
         )
+        max_batch = _batch_size(args.batch_size)
+        budget = None if args.max_memory == "auto" else parse_memory(args.max_memory)
     except (BudgetError, InputError, ImageFileError, ValueError) as error:
         return _fail(str(error), EXIT_USAGE)
 
-    # 2. The model.
+    # 2. This process's place in the run (one process unless started by `accelerate launch`).
+    processes = _Processes.start(args.device)
+
+    # 3. The model, in the precision and configuration that fit the memory budget.
     try:
-        model = LatentDiffusion.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+        device = processes.device or resolve_device(args.device)
+        dtypes = default_dtypes(device, args.dtype)
+        model = LatentDiffusion.from_pretrained(args.model, device=device, dtype=dtypes[0])
+        plan = _plan(model, job, inputs, dtypes, max_batch, budget, processes)
     except ModelUnavailableError as error:
         return _fail(str(error), EXIT_FAILED)
-    _announce(model)
+    except MemoryPlanError as error:
+        return _fail(str(error), EXIT_USAGE)
+    if plan.dtype != dtypes[0]:
+        model.to(device, resolve_dtype(plan.dtype))
+    speed = SpeedOptions(
+        channels_last=args.channels_last,
+        compile=args.compile,
+        attention_slicing=args.attention_slicing,
+        vae_tiling=args.vae_tiling,
+        encoder_checkpointing=args.encoder_checkpointing,
+    )
+    configure(model, speed)
+    job = dataclasses.replace(job, batch_size=plan.batch_size)
+    if processes.is_main:
+        _announce(model)
 
-    # 3. The run, with a progress bar over all PGD steps and a record rewritten after each file.
-    record_path = args.output / f"protect-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
-    results: list[FileResult] = []
+    # 4. Skip what an earlier run with the same settings already protected; split the rest.
+    fingerprint = settings_fingerprint(job, model.name, model.dtype)
+    reused, remaining = reuse_completed(
+        inputs, outputs, completed_outputs(read_records(args.output), fingerprint)
+    )
+    mine = shard(remaining, processes.index, processes.count)
+
+    # 5. The run, with a progress bar over this process's steps and a record after each file.
+    record_path = processes.record_path(args.output)
+    own_record = (
+        record_path
+        if processes.count == 1
+        else part_record_path(record_path, processes.index, processes.count)
+    )
+    results: list[FileResult] = list(reused) if processes.count == 1 else []
     started = time.perf_counter()
-    extra = {"command": sys.argv, "inputs": [str(path) for path in inputs]}
-    bar = tqdm(total=len(inputs) * job.method.budget.steps, unit="step", desc=job.method.name)
+    extra = {
+        "command": sys.argv,
+        "inputs": [str(path) for path in inputs],
+        "memory_plan": plan.as_record(),
+        "speed": speed.as_record(),
+        "processes": processes.count,
+    }
+    args.output.mkdir(parents=True, exist_ok=True)
+    write_record(own_record, job, model, results, extra)
+    steps = job.method.budget.steps
+    bar = tqdm(
+        total=len(mine) * steps,
+        unit="step",
+        desc=job.method.name if processes.count == 1 else f"{job.method.name} [{processes.index}]",
+        disable=not processes.is_main,
+    )
 
     def on_step(step: int, steps: int, value: float) -> None:
         bar.update(1)
 
+    position = {str(path): rank for rank, path in enumerate(inputs)}
+
     def on_file(result: FileResult) -> None:
         results.append(result)
+        results.sort(key=lambda item: position[item.input])  # the record lists inputs in order
         if not result.ok:
             if result.seconds is None:  # never reached protection: count its steps as done
-                bar.update(job.method.budget.steps)
+                bar.update(steps)
             tqdm.write(f"error: {result.error}", file=sys.stderr)
-        write_record(record_path, job, model, results, extra)
+        write_record(own_record, job, model, results, extra)
 
-    run_job(inputs, job, model, on_step=on_step, on_file=on_file)
+    run_job(mine, job, model, outputs=outputs, on_step=on_step, on_file=on_file)
     bar.close()
 
-    # 4. Summary.
+    # 6. Several processes: the main one merges their records into one, in input order.
+    if processes.count > 1:
+        processes.wait_for_everyone()
+        if not processes.is_main:
+            return EXIT_FAILED if any(not result.ok for result in results) else EXIT_OK
+        results = _merge(record_path, processes.count, reused, inputs)
+
+    # 7. Summary.
     failed = [result for result in results if not result.ok]
     elapsed = time.perf_counter() - started
     print(
         f"protected {len(results) - len(failed)} of {len(results)} images with {job.method.name} "
-        f"(ε = {job.method.budget.eps * 255:g}/255) in {elapsed:.1f} s; record: {record_path}"
+        f"(ε = {job.method.budget.eps * 255:g}/255) in {elapsed:.1f} s"
+        + (f", {len(reused)} reused from earlier runs" if reused else "")
+        + f"; record: {record_path}"
     )
     for result in results:
         if result.ok:
             print(
                 f"  {result.output}: L∞ {result.linf_255:g}/255, PSNR {result.psnr_db} dB, "
-                f"SSIM {result.ssim}"
+                f"SSIM {result.ssim}" + (" (reused)" if result.reused else "")
             )
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _plan(
+    model: LatentDiffusion,
+    job: ProtectionJob,
+    inputs: list[Path],
+    dtypes: tuple[str, ...],
+    max_batch: int,
+    budget: int | None,
+    processes: _Processes,
+) -> MemoryPlan:
+    """Fit the largest input into the budget (the automatic one counts the loaded weights)."""
+    size = ModelSize.of(model)
+    if budget is None:
+        weights = size.parameters * model.dtype.itemsize
+        sharers = processes.local_count if model.device.type == "cpu" else 1
+        budget = automatic_budget(model.device, resident_bytes=weights, sharers=sharers)
+    height, width = largest_image(inputs) or (64, 64)
+    return plan_memory(
+        size,
+        height=height,
+        width=width,
+        unet_backward=job.method.weights().denoising != 0,
+        budget_bytes=budget,
+        dtypes=dtypes,
+        max_batch_size=max_batch,
+        method_name=job.method.name,
+    )
+
+
+def _merge(
+    record_path: Path, count: int, reused: list[FileResult], inputs: list[Path]
+) -> list[FileResult]:
+    """Merge the part records into ``record_path``, remove the parts, return all results."""
+    parts_paths = [part_record_path(record_path, index, count) for index in range(count)]
+    parts = [json.loads(path.read_text()) for path in parts_paths]
+    reused_part = {"images": [dataclasses.asdict(result) for result in reused]}
+    merged = merge_records([*parts, reused_part], [str(path) for path in inputs])
+    merged["processes"] = count
+    temporary = record_path.with_name(f".{record_path.name}.partial")
+    temporary.write_text(json.dumps(merged, indent=2, default=str))
+    os.replace(temporary, record_path)
+    for path in parts_paths:
+        path.unlink()
+    return [FileResult(**image) for image in merged["images"]]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Processes:
+    """This process's index among ``count`` (``accelerate launch``), or a lone process."""
+
+    index: int = 0
+    count: int = 1
+    local_count: int = 1
+    device: torch.device | None = None  # the device accelerate assigns, None for a lone process
+
+    @classmethod
+    def start(cls, device: str) -> _Processes:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        from accelerate import PartialState  # imported only when launched by accelerate
+
+        use_cpu = device == "cpu" or not torch.cuda.is_available()
+        state = PartialState(cpu=use_cpu)
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))
+        return cls(
+            state.process_index,
+            state.num_processes,
+            local,
+            state.device if device == "auto" else resolve_device(device),
+        )
+
+    @property
+    def is_main(self) -> bool:
+        return self.index == 0
+
+    def record_path(self, folder: Path) -> Path:
+        """protect-<UTC time>[-N].json, a name no earlier run used, chosen by the main process
+        so that every process agrees."""
+        stamp = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
+        name, counter = f"protect-{stamp}.json", 2
+        while (folder / name).exists():
+            name, counter = f"protect-{stamp}-{counter}.json", counter + 1
+        chosen = [name]
+        if self.count > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(chosen)
+        return folder / chosen[0]
+
+    def wait_for_everyone(self) -> None:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
 
 
 def _method(args: argparse.Namespace):
@@ -146,6 +350,17 @@ def _method(args: argparse.Namespace):
             target = read_image(target).pixels
         settings["target"] = target
     return method_class(**settings)
+
+
+def _batch_size(text: str) -> int:
+    """--batch-size: a whole number ≥ 1 (an upper bound), or 'auto'."""
+    if text == "auto":
+        return AUTO_MAX_BATCH
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"--batch-size must be a whole number or 'auto', got '{text}'") from None
+    return _positive(value, "--batch-size")
 
 
 def _positive(value: int, name: str) -> int:

@@ -1,0 +1,127 @@
+"""``mimicshield bench``: time, memory and FLOPs of each method, side by side in one run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..acceleration import SpeedOptions
+from ..benchmark import REFERENCE_METHOD, BenchConfig, format_table, run_benchmark
+from ..environment import versions
+from ..methods import METHODS
+from ..models import DTYPES, ModelUnavailableError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="measure time per step, peak memory and FLOPs of protection methods",
+        description="Run each method for a few PGD steps on random images and report the median "
+        "time per step (after warm-up), peak memory (CUDA max allocated, or peak RSS on CPU), "
+        "FLOPs per step and achieved FLOP/s, with ratios to sds- measured in the same run. "
+        "Comma-separated lists measure every combination.",
+    )
+    parser.add_argument(
+        "--model",
+        default="tiny",
+        help="tiny, mini, sd15-random (SD-1.5 architecture, random weights: same cost, no "
+        "download) or a diffusers folder (default: tiny)",
+    )
+    parser.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help=f"comma-separated methods (default: all: {','.join(METHODS)})",
+    )
+    parser.add_argument(
+        "--resolution", default="512", help="image side(s) in pixels (default: 512)"
+    )
+    parser.add_argument("--batch-size", default="1", help="batch size(s) (default: 1)")
+    parser.add_argument(
+        "--dtype", default="fp32", help=f"network precision(s): {', '.join(DTYPES)} (default: fp32)"
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
+    parser.add_argument("--steps-timed", type=int, default=3, help="timed steps (default: 3)")
+    parser.add_argument(
+        "--warmup-steps", type=int, default=1, help="untimed warm-up steps (default: 1)"
+    )
+    parser.add_argument("--channels-last", action="store_true", help="NHWC memory layout")
+    parser.add_argument("--compile", action="store_true", help="torch.compile encoder and UNet")
+    parser.add_argument(
+        "--encoder-checkpointing",
+        action="store_true",
+        help="recompute encoder activations in the backward pass (less memory, more time)",
+    )
+    parser.add_argument("--output", type=Path, help="write the rows as JSON to this file")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = BenchConfig(
+            model=args.model,
+            methods=_names(args.methods),
+            resolutions=_integers(args.resolution, "--resolution"),
+            batch_sizes=_integers(args.batch_size, "--batch-size"),
+            dtypes=_dtypes(args.dtype),
+            device=args.device,
+            steps_timed=args.steps_timed,
+            warmup_steps=args.warmup_steps,
+            speed=SpeedOptions(
+                channels_last=args.channels_last,
+                compile=args.compile,
+                encoder_checkpointing=args.encoder_checkpointing,
+            ),
+        )
+    except ValueError as error:
+        print(f"mimicshield: error: {error}", file=sys.stderr)
+        return 2
+
+    def on_row(row: dict[str, object]) -> None:
+        print(
+            f"{row['method']:<11} {row['resolution']}² batch {row['batch_size']} {row['dtype']}: "
+            f"{row['step_seconds']:.4g} s/step, peak {row['peak_memory_bytes'] / 2**30:.3f} GiB",
+            file=sys.stderr,
+        )
+
+    try:
+        rows = run_benchmark(config, on_row=on_row)
+    except ModelUnavailableError as error:
+        print(f"mimicshield: error: {error}", file=sys.stderr)
+        return 1
+    print(format_table(rows, REFERENCE_METHOD))
+    if args.output is not None:
+        report = {
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": sys.argv,
+            "versions": versions(),
+            "units": "seconds, bytes, FLOPs (one multiply-add = 2 FLOPs), FLOP/s",
+            "rows": rows,
+        }
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(report, indent=2))
+        print(f"rows written to {args.output}")
+    return 0
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _integers(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in _names(text))
+    except ValueError:
+        raise ValueError(
+            f"{option} takes whole numbers separated by commas, got '{text}'"
+        ) from None
+
+
+def _dtypes(text: str) -> tuple[str, ...]:
+    names = _names(text)
+    unknown = [name for name in names if name not in DTYPES]
+    if unknown:
+        raise ValueError(f"--dtype must be among {', '.join(DTYPES)}, got {', '.join(unknown)}")
+    return names

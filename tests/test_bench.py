@@ -1,0 +1,123 @@
+"""The benchmark's rows and table, the bench command, and the speed switches' effect on results."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mimicshield import METHODS, Budget, LatentDiffusion, protect
+from mimicshield.acceleration import SpeedOptions, configure
+from mimicshield.benchmark import BenchConfig, format_table, run_benchmark
+from mimicshield.cli.main import main
+
+ROW_FIELDS = {
+    "method",
+    "model",
+    "resolution",
+    "batch_size",
+    "dtype",
+    "device",
+    "device_name",
+    "step_seconds",
+    "step_seconds_timed",
+    "warmup_step_seconds",
+    "seconds_per_image_100_steps",
+    "peak_memory_bytes",
+    "memory_kind",
+    "weights_bytes",
+    "flops_per_step",
+    "achieved_flops_per_second",
+    "unet_backward",
+    "speed",
+}
+
+
+def test_rows_have_every_field_and_flops_follow_the_gradient_path():
+    config = BenchConfig(
+        model="tiny",
+        methods=("sds-", "advdm", "photoguard"),
+        resolutions=(32,),
+        batch_sizes=(1, 2),
+        device="cpu",
+        steps_timed=1,
+    )
+    rows = run_benchmark(config)
+    assert len(rows) == 6
+    for row in rows:
+        assert ROW_FIELDS <= row.keys()
+        assert len(row["step_seconds_timed"]) == 1 and len(row["warmup_step_seconds"]) == 2
+        assert row["peak_memory_bytes"] > 0 and row["memory_kind"].startswith("cpu_peak_rss")
+        assert row["flops_per_step"] > 0 and row["achieved_flops_per_second"] > 0
+    flops = {(row["method"], row["batch_size"]): row["flops_per_step"] for row in rows}
+    # AdvDM adds a UNet backward to SDS's encoder pass and UNet forward; PhotoGuard has no UNet.
+    assert flops["advdm", 1] > flops["sds-", 1] > flops["photoguard", 1]
+    assert flops["sds-", 2] == pytest.approx(2 * flops["sds-", 1], rel=0.01)
+    assert {row["unet_backward"] for row in rows if row["method"] == "advdm"} == {True}
+    table = format_table(rows)
+    assert table.count("ratios to sds-") == 2 and "photoguard" in table
+
+
+def test_bench_command_writes_json_rows_and_prints_ratios(tmp_path, capsys):
+    output = tmp_path / "bench.json"
+    code = main(
+        [
+            "bench",
+            "--model",
+            "tiny",
+            "--methods",
+            "sds-,mist",
+            "--resolution",
+            "16",
+            "--device",
+            "cpu",
+            "--steps-timed",
+            "1",
+            "--output",
+            str(output),
+        ]
+    )
+    assert code == 0
+    report = json.loads(output.read_text())
+    assert [row["method"] for row in report["rows"]] == ["sds-", "mist"]
+    assert report["versions"]["torch"] and "FLOPs" in report["units"]
+    out = capsys.readouterr().out
+    assert "ratios to sds-" in out and "1.00" in out
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--methods", "sds-,glaze", "unknown methods"),
+        ("--dtype", "fp8", "--dtype must be"),
+        ("--resolution", "big", "--resolution takes whole numbers"),
+    ],
+)
+def test_bench_command_rejects_bad_values(option, value, message, capsys):
+    assert main(["bench", "--model", "tiny", option, value]) == 2
+    assert message in capsys.readouterr().err
+
+
+def _protect(model, images, method="advdm"):
+    chosen = METHODS[method](budget=Budget.from_255(8, 1, 3))
+    return protect(images, chosen, model, generator=torch.Generator().manual_seed(0))
+
+
+def test_bf16_networks_keep_an_fp32_perturbation(tiny_model_dir, images):
+    model = LatentDiffusion.from_pretrained(tiny_model_dir, device="cpu", dtype="bf16")
+    protected = _protect(model, images)
+    assert protected.dtype == torch.float32
+    # A bf16 image would sit on bf16's grid (1/128 near 1); the fp32 perturbation does not.
+    assert (protected != protected.bfloat16().float()).any()
+    assert (protected - images).abs().max() <= 8 / 255 + 1e-6
+
+
+def test_checkpointing_and_channels_last_do_not_change_the_result(tiny_model_dir, images):
+    plain = _protect(LatentDiffusion.from_pretrained(tiny_model_dir, device="cpu"), images)
+    switched = configure(
+        LatentDiffusion.from_pretrained(tiny_model_dir, device="cpu"),
+        SpeedOptions(encoder_checkpointing=True, channels_last=True),
+    )
+    assert switched.vae.encoder.gradient_checkpointing
+    assert torch.allclose(_protect(switched, images), plain, atol=1e-6)

@@ -1,0 +1,159 @@
+"""The memory planner's model and choices, and --max-memory on the command line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mimicshield.cli.main import main
+from mimicshield.planning import (
+    FIXED_BYTES,
+    GIB,
+    MemoryPlanError,
+    ModelSize,
+    default_dtypes,
+    estimate_bytes,
+    parse_memory,
+    plan_memory,
+)
+
+SD15 = ModelSize(parameters=1_066_000_000, vae_width=128, unet_width=320, vae_scale_factor=8)
+
+
+def _estimate(**changes):
+    settings = dict(height=512, width=512, batch_size=1, dtype="fp32", unet_backward=False)
+    return estimate_bytes(SD15, **{**settings, **changes})
+
+
+def test_estimate_grows_with_work_and_shrinks_with_the_levers():
+    base = _estimate()
+    assert _estimate(batch_size=2) > base and _estimate(height=1024, width=1024) > base
+    assert _estimate(unet_backward=True) > base  # AdvDM/Mist keep UNet activations too
+    assert _estimate(dtype="bf16") < base
+    assert _estimate(height=509, width=509) == base  # padded to the VAE's multiple of 8
+    fixed = SD15.parameters * 4 + FIXED_BYTES  # weights and per-run buffers, no pixels
+    assert _estimate(height=8, width=8) == pytest.approx(fixed, rel=1e-3)
+
+
+def test_roomy_budget_takes_the_largest_batch_at_the_first_precision():
+    plan = plan_memory(
+        SD15,
+        height=512,
+        width=512,
+        unet_backward=False,
+        budget_bytes=80 * GIB,
+        dtypes=("bf16",),
+        max_batch_size=8,
+    )
+    assert (plan.batch_size, plan.dtype) == (8, "bf16")
+    assert plan.estimated_bytes <= plan.budget_bytes
+    assert not plan.attention_slicing and not plan.vae_tiling
+
+
+def test_tighter_budgets_lower_the_batch_then_the_precision():
+    common = dict(height=512, width=512, unet_backward=True, dtypes=("fp32", "bf16"))
+    one = _estimate(unet_backward=True)
+    two = _estimate(unet_backward=True, batch_size=2)
+    plan = plan_memory(SD15, budget_bytes=(one + two) // 2, max_batch_size=4, **common)
+    assert (plan.batch_size, plan.dtype) == (1, "fp32")
+    plan = plan_memory(SD15, budget_bytes=one - 1, max_batch_size=4, **common)
+    assert plan.dtype == "bf16" and plan.estimated_bytes < one
+
+
+def test_what_cannot_fit_says_what_would():
+    side = dict(height=2048, width=2048)
+    half = _estimate(dtype="bf16", unet_backward=True, **side)
+    encoder_only = _estimate(unet_backward=False, **side)
+    budget = max(half, encoder_only)
+    assert _estimate(unet_backward=True, **side) > budget  # fp32 does not fit
+    with pytest.raises(MemoryPlanError) as caught:
+        plan_memory(
+            SD15,
+            height=2048,
+            width=2048,
+            unet_backward=True,
+            budget_bytes=budget,
+            dtypes=("fp32",),
+            method_name="advdm",
+        )
+    message = str(caught.value)
+    assert "advdm on 2048×2048" in message and f"{budget / GIB:.1f} GiB" in message
+    assert "--dtype bf16" in message and "encoder-only method" in message
+    assert "images of at most" in message and "--max-memory of at least" in message
+    largest = int(message.split("images of at most ")[1].split("×")[0])
+    assert largest % 8 == 0 and 0 < largest < 2048
+
+
+def test_memory_sizes_parse_in_binary_units():
+    assert parse_memory("8GiB") == 8 * GIB
+    assert parse_memory("512MiB") == 512 * 2**20
+    assert parse_memory("1.5G") == int(1.5 * GIB)
+    assert parse_memory("12") == 12 * GIB
+    with pytest.raises(ValueError, match="--max-memory"):
+        parse_memory("lots")
+
+
+def test_automatic_precision_per_device():
+    assert default_dtypes(torch.device("cpu"), "auto") == ("fp32", "bf16")
+    assert default_dtypes(torch.device("cpu"), "fp16") == ("fp16",)
+
+
+def test_model_size_of_a_loaded_model(tiny_model):
+    size = ModelSize.of(tiny_model)
+    assert (size.vae_width, size.unet_width, size.vae_scale_factor) == (32, 32, 2)
+    assert size.parameters == sum(
+        p.numel()
+        for net in (tiny_model.vae, tiny_model.unet, tiny_model.text_encoder)
+        for p in net.parameters()
+    )
+
+
+@pytest.fixture
+def folder(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 20, 3), dtype=np.uint8)
+    for name in ("a.png", "b.png", "c.png"):
+        Image.fromarray(pixels).save(inputs / name)
+    return inputs
+
+
+def _protect(folder, out, model_dir, *extra):
+    return main(
+        [
+            "protect",
+            str(folder),
+            "-o",
+            str(out),
+            "--model",
+            str(model_dir),
+            "--device",
+            "cpu",
+            "--steps",
+            "1",
+            *extra,
+        ]
+    )
+
+
+def test_cli_refuses_a_budget_that_cannot_fit_and_names_a_way_out(
+    folder, tmp_path, tiny_model_dir, capsys
+):
+    assert _protect(folder, tmp_path / "o", tiny_model_dir, "--max-memory", "1MiB") == 2
+    assert "Would fit" in capsys.readouterr().err
+    assert not any((tmp_path / "o").glob("*.png"))
+
+
+def test_cli_auto_batch_and_plan_recorded(folder, tmp_path, tiny_model_dir):
+    out = tmp_path / "o"
+    assert (
+        _protect(folder, out, tiny_model_dir, "--batch-size", "auto", "--max-memory", "4GiB") == 0
+    )
+    (record_path,) = out.glob("protect-*.json")
+    record = json.loads(record_path.read_text())
+    assert record["memory_plan"]["batch_size"] == record["batch_size"] >= 3
+    assert record["memory_plan"]["dtype"] == "fp32" and record["model"]["dtype"] == "float32"
