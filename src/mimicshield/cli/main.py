@@ -7,9 +7,9 @@ import logging
 import sys
 
 from .. import __version__
-from . import bench, env, mimic, protect
+from . import bench, demo, env, evaluate, mimic, protect
 
-SUBCOMMANDS = (protect, mimic, bench, env)
+SUBCOMMANDS = (protect, mimic, evaluate, demo, bench, env)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +33,20 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        _quiet_libraries()
     return args.run(args)
+
+
+def _quiet_libraries() -> None:
+    """Hide the libraries' advice about optional packages and their loading bars in the shell."""
+    import diffusers
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    diffusers.logging.set_verbosity_error()
+    diffusers.logging.disable_progress_bar()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from .. import LatentDiffusion, ModelUnavailableError
 from ..batch import InputError, collect_inputs, plan_outputs
 from ..io import ImageFileError, LoadedImage, read_image, read_mask, write_image
-from .options import add_model_options
+from .options import add_model_options, model_notes
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 #: Names of the generated masks (``mimicry.MASKS``; listed here so --help needs no pipelines).
@@ -362,12 +362,8 @@ def _load_model(args: argparse.Namespace) -> LatentDiffusion | None:
     except ModelUnavailableError as error:
         _fail(str(error), EXIT_FAILED)
         return None
-    if model.random_weights:
-        print(
-            f"note: model '{model.name}' has RANDOM weights: the results show the code path, "
-            "not what a real model would do.",
-            file=sys.stderr,
-        )
+    for note in model_notes(model):
+        print(f"note: {note}", file=sys.stderr)
     return model
 
 

@@ -42,7 +42,7 @@ from ..planning import (
     plan_memory,
 )
 from ..sharding import completed_outputs, merge_records, part_record_path, read_records, shard
-from .options import add_model_options
+from .options import add_model_options, model_notes
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -370,19 +370,8 @@ def _positive(value: int, name: str) -> int:
 
 
 def _announce(model: LatentDiffusion) -> None:
-    if model.random_weights:
-        print(
-            f"note: model '{model.name}' has RANDOM weights: this run exercises the code path "
-            "and protects against nothing real.",
-            file=sys.stderr,
-        )
-    elif model.name == "mini":
-        print(
-            "note: model 'mini' is a miniature trained on a few hundred images for "
-            "demonstration; it is not Stable Diffusion and protection against it says nothing "
-            "about real models.",
-            file=sys.stderr,
-        )
+    for note in model_notes(model):
+        print(f"note: {note}", file=sys.stderr)
 
 
 def _fail(message: str, code: int) -> int:

@@ -50,8 +50,14 @@ class _Networks:
     _loaded: dict[str, object] = field(default_factory=dict)
 
     def _once(self, key: str, load: Callable[[], object]) -> object:
+        # A failure is remembered too: an unreachable hub is asked once, not once per metric.
         if key not in self._loaded:
-            self._loaded[key] = load()
+            try:
+                self._loaded[key] = load()
+            except MetricUnavailableError as error:
+                self._loaded[key] = error
+        if isinstance(self._loaded[key], MetricUnavailableError):
+            raise self._loaded[key]
         return self._loaded[key]
 
     def lpips(self) -> LpipsNetwork:

@@ -1,0 +1,102 @@
+"""``mimicshield demo``: the whole story offline in minutes, on the bundled miniature model.
+
+Protects the bundled sample images (real photos and clip art, held out from the miniature's
+training) with SDS−, AdvDM and PhotoGuard and with random noise of the same budget, runs SDEdit on
+clean and protected images with the same seed, and prints how visible each perturbation is and how
+far it pushes the mimicry away from the mimicry of the clean image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .. import Budget, LatentDiffusion, ModelUnavailableError
+from ..evaluation import (
+    Evaluation,
+    EvaluationPlan,
+    SDEditScenario,
+    plan_record,
+    write_report,
+)
+from ..evaluation.report import method_summary
+from ..io import read_image
+from ..metrics import load_metrics
+from ..purify import parse_purifier
+from .options import model_notes
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+STRENGTH = 0.3
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="offline demonstration on the bundled miniature model and sample images"
+    )
+    parser.add_argument(
+        "-o", "--output", type=Path, default=Path("mimicshield-demo"), help="report folder"
+    )
+    parser.add_argument("--steps", type=int, default=100, help="PGD steps (default: 100)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--model", default="mini", help=argparse.SUPPRESS)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        model = LatentDiffusion.from_pretrained(args.model, device="cpu", dtype="fp32")
+    except ModelUnavailableError as error:
+        print(f"mimicshield: error: {error}", file=sys.stderr)
+        return 1
+    notes = model_notes(model) or [f"model: {model.name}"]
+    for note in notes:
+        print(f"note: {note}")
+    images = [read_image(path) for path in sorted(SAMPLES.glob("*.png"))]
+    plan = EvaluationPlan(
+        methods=("sds-", "advdm", "photoguard", "noise"),
+        purifiers=(parse_purifier("none"),),
+        scenarios=(SDEditScenario(strengths=(STRENGTH,), num_inference_steps=50, one_step=False),),
+        budget=Budget.from_255(16, 1, args.steps),
+        prompt="a photo",
+        seed=args.seed,
+    )
+    metrics = load_metrics(["psnr", "ssim", "latent_shift"], model=model)
+    evaluation = Evaluation(images, plan, model, args.output, metrics)
+    evaluation.progress = lambda description: print(f"  done: {description}", flush=True)
+    print(f"protecting {len(images)} sample images with {', '.join(plan.methods)} (ε = 16/255)")
+    store = evaluation.run()
+    report = write_report(
+        args.output,
+        store,
+        title="mimicshield demo (miniature model)",
+        notes=notes,
+        plan_json=plan_record(plan),
+    )
+    _print_table(method_summary(store.rows, f"sdedit@{STRENGTH:g}"))
+    print(f"report: {report}")
+    return 0
+
+
+def _print_table(summary: dict[str, dict[str, float | None]]) -> None:
+    print(
+        f"\n{'method':<11} {'PSNR dB':>8} {'SSIM':>6} {'Δz/Δx':>7}   "
+        f"SDEdit@{STRENGTH:g} of protected vs of clean: {'SSIM':>6} {'PSNR dB':>8}"
+    )
+    for method, values in summary.items():
+        cells = [
+            _cell(values[key], width)
+            for key, width in (("visible_psnr", 8), ("visible_ssim", 6), ("shift_ratio", 7))
+        ]
+        mimicry = [
+            _cell(values[key], width) for key, width in (("mimicry_ssim", 6), ("mimicry_psnr", 8))
+        ]
+        print(f"{method:<11} {' '.join(cells)}   {'':<38}{' '.join(mimicry)}")
+    print(
+        "\nVisibility: higher PSNR/SSIM = less visible. Protection: lower SSIM/PSNR between the "
+        "two SDEdit outputs = the protected image's mimicry strays further; compare with 'noise'."
+    )
+
+
+def _cell(value: float | None, width: int) -> str:
+    return f"{'–':>{width}}" if value is None else f"{value:>{width}.3f}"

@@ -1,0 +1,187 @@
+"""``mimicshield evaluate IMAGES --output DIR``: the method × purifier × scenario grid + report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .. import Budget, BudgetError, LatentDiffusion, ModelUnavailableError
+from ..batch import InputError, collect_inputs
+from ..evaluation import (
+    SCENARIOS,
+    Evaluation,
+    EvaluationPlan,
+    InpaintScenario,
+    SDEditScenario,
+    TextualInversionScenario,
+    plan_record,
+    write_report,
+)
+from ..io import ImageFileError, read_image
+from ..metrics import DEFAULT_CLIP_MODEL, load_metrics
+from ..mimicry import REFERENCE_STRENGTHS
+from ..purify import parse_purifier
+from .options import add_model_options, model_notes
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="protect, purify, simulate mimicry and measure; write results and a report",
+        description="Run the grid method × purifier × scenario on IMAGES and write results.csv, "
+        "results.json and report.html to --output. Re-running with the same settings resumes.",
+    )
+    parser.add_argument("inputs", nargs="+", metavar="IMAGES", help="image files or folders")
+    parser.add_argument(
+        "-o", "--output", required=True, type=Path, help="folder for results and report"
+    )
+    parser.add_argument(
+        "--methods",
+        default="sds-,advdm,photoguard,noise",
+        help="comma list; 'noise' is random noise of the same budget (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--scenarios",
+        default="sdedit",
+        help=f"comma list of {', '.join(SCENARIOS)} (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--purify",
+        default="none",
+        help="comma list: none, jpegQ, resizeF, blurS, noiseS, diffpureT (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--metrics",
+        default="psnr,ssim,lpips,clip,latent_shift,fd_clip",
+        help="comma list (default: %(default)s); unavailable ones are skipped",
+    )
+    parser.add_argument(
+        "--strengths",
+        default=",".join(f"{s:g}" for s in REFERENCE_STRENGTHS),
+        help="SDEdit strengths (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--mimic-steps",
+        type=int,
+        default=100,
+        help="DDIM steps of SDEdit and inpainting (default: 100)",
+    )
+    parser.add_argument(
+        "--no-one-step", action="store_true", help="skip the one-step x̂₀ reconstructions"
+    )
+    parser.add_argument("--inpaint-mask", default="border", help="border, center or strokes")
+    parser.add_argument("--ti-steps", type=int, default=500, help="textual inversion steps")
+    parser.add_argument("--ti-images", type=int, default=4, help="images generated per token")
+    parser.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, help="CLIP for clip/fd_clip")
+    parser.add_argument("--eps", type=float, default=16, help="L∞ budget, 0–255 units")
+    parser.add_argument("--step-size", type=float, default=1, help="PGD step, 0–255 units")
+    parser.add_argument("--steps", type=int, default=100, help="PGD steps")
+    parser.add_argument("--prompt", default="a photo", help="protection and mimicry prompt")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    add_model_options(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # 1. Settings and inputs, checked before anything heavy.
+    try:
+        plan = build_plan(args)
+        paths = collect_inputs(args.inputs)
+    except (BudgetError, InputError, ValueError) as error:
+        return _fail(str(error), EXIT_USAGE)
+    images, failed = [], 0
+    for path in paths:
+        try:
+            images.append(read_image(path))
+        except ImageFileError as error:
+            print(f"error: {error}", file=sys.stderr)
+            failed += 1
+    if not images:
+        return _fail("none of the inputs could be read", EXIT_USAGE)
+
+    # 2. Model and metrics.
+    try:
+        model = LatentDiffusion.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+        metrics = load_metrics(
+            _split(args.metrics), model=model, device=model.device, clip_model=args.clip_model
+        )
+    except ModelUnavailableError as error:
+        return _fail(str(error), EXIT_FAILED)
+    except ValueError as error:
+        return _fail(str(error), EXIT_USAGE)
+    notes = model_notes(model)
+    notes += [f"metric '{skip.metric}' skipped: {skip.reason}" for skip in metrics.skipped]
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+
+    # 3. The grid, written as it goes, then the report.
+    try:
+        evaluation = Evaluation(images, plan, model, args.output, metrics)
+        with tqdm(total=evaluation.units(), unit="cell", desc="evaluate") as bar:
+            evaluation.progress = lambda description: (
+                bar.set_postfix_str(description),
+                bar.update(1),
+            )
+            store = evaluation.run()
+    except ValueError as error:
+        return _fail(str(error), EXIT_FAILED)
+    report = write_report(
+        args.output, store, title="mimicshield evaluation", notes=notes, plan_json=plan_record(plan)
+    )
+    print(f"{len(store.rows)} result rows in {args.output}/results.csv; report: {report}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def build_plan(args: argparse.Namespace) -> EvaluationPlan:
+    """The plan from the command line; raises ValueError/BudgetError naming a bad value."""
+    unknown = [name for name in _split(args.scenarios) if name not in SCENARIOS]
+    if unknown:
+        raise ValueError(
+            f"unknown scenario {', '.join(map(repr, unknown))}; known: {', '.join(SCENARIOS)}"
+        )
+    scenarios = {
+        "sdedit": lambda: SDEditScenario(
+            strengths=_strengths(args.strengths),
+            num_inference_steps=args.mimic_steps,
+            one_step=not args.no_one_step,
+        ),
+        "inpaint": lambda: InpaintScenario(
+            mask=args.inpaint_mask, num_inference_steps=args.mimic_steps
+        ),
+        "textual-inversion": lambda: TextualInversionScenario(
+            steps=args.ti_steps, num_images=args.ti_images
+        ),
+    }
+    return EvaluationPlan(
+        methods=tuple(_split(args.methods)),
+        purifiers=tuple(parse_purifier(name) for name in _split(args.purify)),
+        scenarios=tuple(scenarios[name]() for name in _split(args.scenarios)),
+        budget=Budget.from_255(args.eps, args.step_size, args.steps),
+        prompt=args.prompt,
+        seed=args.seed,
+    )
+
+
+def _strengths(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in _split(text))
+    except ValueError:
+        raise ValueError(f"--strengths must be numbers separated by commas, got '{text}'") from None
+    bad = [value for value in values if not 0 < value <= 1]
+    if bad or not values:
+        raise ValueError(f"SDEdit strengths must lie in (0, 1], got {text}")
+    return values
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"mimicshield: error: {message}", file=sys.stderr)
+    return code

@@ -1,0 +1,150 @@
+"""The mimicry scenarios of an evaluation, each a small frozen configuration with one ``run``.
+
+A scenario turns a set of images (clean, or protected and purified) into mimicry outputs, keyed by
+*variant*: SDEdit yields one variant per strength (and per one-step reconstruction), inpainting
+one, textual inversion one set of generated images. Per-image scenarios return one output per
+input; set scenarios (textual inversion) return outputs that are compared as sets only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ..mimicry import MASKS, TextualInversionConfig, inpaint, one_step_reconstruction, sdedit
+from ..mimicry import textual_inversion as learn_and_generate
+from ..models import LatentDiffusion
+
+
+@dataclass(frozen=True)
+class SDEditScenario:
+    """Multi-step DDIM SDEdit at each strength, and optionally the one-step x̂₀ reconstruction."""
+
+    name: ClassVar[str] = "sdedit"
+    per_image: ClassVar[bool] = True
+
+    strengths: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5)
+    num_inference_steps: int = 100
+    guidance_scale: float = 1.0  # the reference evaluates without guidance
+    one_step: bool = True
+
+    def variants(self) -> list[str]:
+        multi = [f"sdedit@{strength:g}" for strength in self.strengths]
+        single = [f"onestep@{strength:g}" for strength in self.strengths] if self.one_step else []
+        return multi + single
+
+    def run(
+        self,
+        model: LatentDiffusion,
+        images: torch.Tensor,
+        *,
+        prompt: str,
+        generator: torch.Generator,
+    ) -> dict[str, torch.Tensor]:
+        seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
+        outputs = {}
+        for strength in self.strengths:
+            # Each variant draws from its own seed: adding a strength leaves the others unchanged.
+            outputs[f"sdedit@{strength:g}"] = sdedit(
+                model,
+                images,
+                prompt=prompt,
+                strength=strength,
+                num_inference_steps=self.num_inference_steps,
+                guidance_scale=self.guidance_scale,
+                generator=torch.Generator().manual_seed(seed),
+            )
+            if self.one_step:
+                outputs[f"onestep@{strength:g}"] = one_step_reconstruction(
+                    model,
+                    images,
+                    prompt=prompt,
+                    strength=strength,
+                    generator=torch.Generator().manual_seed(seed),
+                )
+        return outputs
+
+
+@dataclass(frozen=True)
+class InpaintScenario:
+    """Repaint a generated mask (``border`` keeps the subject and repaints around it)."""
+
+    name: ClassVar[str] = "inpaint"
+    per_image: ClassVar[bool] = True
+
+    mask: str = "border"
+    num_inference_steps: int = 100
+    guidance_scale: float = 7.5
+
+    def __post_init__(self) -> None:
+        if self.mask not in MASKS:
+            raise ValueError(f"mask must be one of {', '.join(MASKS)}, got '{self.mask}'")
+
+    def variants(self) -> list[str]:
+        return [f"inpaint-{self.mask}"]
+
+    def run(
+        self,
+        model: LatentDiffusion,
+        images: torch.Tensor,
+        *,
+        prompt: str,
+        generator: torch.Generator,
+    ) -> dict[str, torch.Tensor]:
+        seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
+        mask = MASKS[self.mask](*images.shape[-2:], generator=torch.Generator().manual_seed(seed))
+        repainted = inpaint(
+            model,
+            images,
+            mask,
+            prompt=prompt,
+            num_inference_steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        return {f"inpaint-{self.mask}": repainted}
+
+
+@dataclass(frozen=True)
+class TextualInversionScenario:
+    """Learn a token from the whole set, then generate ``num_images`` with it."""
+
+    name: ClassVar[str] = "textual-inversion"
+    per_image: ClassVar[bool] = False
+
+    steps: int = 500
+    num_images: int = 4
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+
+    def variants(self) -> list[str]:
+        return ["textual-inversion"]
+
+    def run(
+        self,
+        model: LatentDiffusion,
+        images: torch.Tensor,
+        *,
+        prompt: str,
+        generator: torch.Generator,
+    ) -> dict[str, torch.Tensor]:
+        generated, _ = learn_and_generate(
+            model,
+            images,
+            config=TextualInversionConfig(steps=self.steps),
+            num_images=self.num_images,
+            num_inference_steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale,
+            generator=generator,
+        )
+        return {"textual-inversion": generated}
+
+
+Scenario = SDEditScenario | InpaintScenario | TextualInversionScenario
+
+SCENARIOS: dict[str, type[Scenario]] = {
+    scenario.name: scenario
+    for scenario in (SDEditScenario, InpaintScenario, TextualInversionScenario)
+}
