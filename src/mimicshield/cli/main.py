@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 
 from .. import __version__
-from . import bench, demo, env, evaluate, mimic, protect
 
-SUBCOMMANDS = (protect, mimic, evaluate, demo, bench, env)
+#: Subcommand modules, each with ``register(subparsers)``; imported when the parser is built, after
+#: the libraries have been quieted (some of them warn at import time).
+SUBCOMMANDS = ("protect", "mimic", "evaluate", "demo", "bench", "env")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,20 +23,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mimicshield {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in SUBCOMMANDS:
-        module.register(subparsers)
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"{__package__}.{name}").register(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, run the subcommand, and return its exit code (0 ok, 1 some work failed, 2 usage)."""
-    args = build_parser().parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else argv
+    verbose = "-v" in arguments or "--verbose" in arguments
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
+        level=logging.DEBUG if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    if not args.verbose:
+    if not verbose:
         _quiet_libraries()
+    args = build_parser().parse_args(arguments)
     return args.run(args)
 
 
