@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .methods import ProtectionMethod
 from .models import LatentDiffusion
 from .objectives import Conditioning, StepNoise, weighted_objective
 from .pgd import StepCallback, pgd
 from .targets import resolve_target
+from .tensors import check_images, pad_to_multiple
 
 
 def protect(
@@ -36,14 +36,12 @@ def protect(
         (B, 3, H, W) in [0, 1], same dtype and device as ``images``, within ``method.budget``.
     """
     # 1. Check the inputs and pad to the VAE's multiple.
-    _check_images(images)
+    check_images(images)
     if mask is not None:
         _check_mask(mask, images)
     height, width = images.shape[-2:]
-    padded = _pad_to_multiple(images.detach().float(), model.vae_scale_factor)
-    padded_mask = (
-        None if mask is None else _pad_to_multiple(mask.float(), model.vae_scale_factor, 0)
-    )
+    padded = pad_to_multiple(images.detach().float(), model.vae_scale_factor)
+    padded_mask = None if mask is None else pad_to_multiple(mask.float(), model.vae_scale_factor, 0)
 
     with model.frozen():
         # 2. What stays fixed: prompt embeddings and target latents, computed once.
@@ -82,32 +80,6 @@ def _conditioning(
             # The posterior mean: the target is fixed, so one deterministic encoding suffices.
             target_latents = model.encode(target.unsqueeze(0)).expand(batch, -1, -1, -1)
     return Conditioning(embeddings=embeddings, target_latents=target_latents)
-
-
-def _pad_to_multiple(
-    tensor: torch.Tensor, multiple: int, value: float | None = None
-) -> torch.Tensor:
-    """Pad bottom/right to a multiple of ``multiple``: edge-replicated, or ``value`` if given."""
-    height, width = tensor.shape[-2:]
-    pad = (0, -width % multiple, 0, -height % multiple)
-    if pad == (0, 0, 0, 0):
-        return tensor
-    if value is None:
-        return F.pad(tensor, pad, mode="replicate")
-    return F.pad(tensor, pad, value=value)
-
-
-def _check_images(images: torch.Tensor) -> None:
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"images must be a (B, 3, H, W) tensor, got {shape}")
-    if not images.is_floating_point():
-        raise ValueError(f"images must be floating point in [0, 1], got {images.dtype}")
-    if images.numel() and (images.min() < 0 or images.max() > 1):
-        raise ValueError(
-            f"images must lie in [0, 1], got values in [{float(images.min()):g}, "
-            f"{float(images.max()):g}]"
-        )
 
 
 def _check_mask(mask: torch.Tensor, images: torch.Tensor) -> None:

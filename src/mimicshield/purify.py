@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .metrics._validate import check_images
 from .models import LatentDiffusion
+from .tensors import check_images, pad_to_multiple
 
 # ---------------------------------------------------------------------- pure functions
 
@@ -162,7 +162,7 @@ def diffusion_purify(
     start = max(0, round(strength * total) - 1)
     timesteps = list(range(start, -1, -(total // num_inference_steps)))
     height, width = images.shape[-2:]
-    padded = _pad_to_multiple(images.detach().float(), model.vae_scale_factor)
+    padded = pad_to_multiple(images.detach().float(), model.vae_scale_factor)
 
     with model.frozen(), torch.no_grad():
         # 2. The latent (posterior mean: the purifier's only randomness is the noise), noised.
@@ -418,12 +418,3 @@ def _check_range(
         opening, closing = "(" if low_open else "[", "]" if math.isfinite(high) else ")"
         interval = f"{opening}{low:g}, {high:g}{closing}"
         raise ValueError(f"{what} must lie in {interval}, got {value:g}")
-
-
-def _pad_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Edge-replicate bottom/right so H and W are multiples of the VAE's downsampling factor."""
-    height, width = images.shape[-2:]
-    pad = (0, -width % multiple, 0, -height % multiple)
-    if pad == (0, 0, 0, 0):
-        return images
-    return F.pad(images, pad, mode="replicate")

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ._validate import check_images, check_pair
+from ..tensors import check_images, check_pair
 from .errors import MetricUnavailableError
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from ._validate import check_images
+from ..tensors import check_images
 from .errors import MetricUnavailableError
 
 FeatureNetwork = Callable[[torch.Tensor], torch.Tensor]

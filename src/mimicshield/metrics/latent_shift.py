@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..models import LatentDiffusion
-from ._validate import check_pair
+from ..tensors import check_pair, pad_to_multiple
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,7 @@ def latent_shift(
     """
     check_pair(protected, clean)
     pixel = (protected.double() - clean.double()).abs().flatten(1).amax(dim=1).cpu()
-    padded = _pad_to_multiple(torch.cat([clean, protected]).float(), model.vae_scale_factor)
+    padded = pad_to_multiple(torch.cat([clean, protected]).float(), model.vae_scale_factor)
     with model.frozen(), torch.no_grad():
         latents = model.encode(padded).double().cpu()
     before, after = latents.chunk(2)
@@ -69,12 +68,3 @@ def latent_shift(
     return LatentShift(
         latent_linf=latent_linf, pixel_linf=pixel, ratio=ratio, latent_l2=change.norm(dim=1)
     )
-
-
-def _pad_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Edge-replicate bottom/right so H and W are multiples of the VAE's downsampling factor."""
-    height, width = images.shape[-2:]
-    pad = (0, -width % multiple, 0, -height % multiple)
-    if pad == (0, 0, 0, 0):
-        return images
-    return F.pad(images, pad, mode="replicate")

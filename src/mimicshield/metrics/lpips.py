@@ -18,7 +18,7 @@ from typing import Protocol
 
 import torch
 
-from ._validate import check_pair
+from ..tensors import check_pair
 from .errors import MetricUnavailableError
 
 #: Added to the channel norm before dividing, as in the reference (guards all-zero features).

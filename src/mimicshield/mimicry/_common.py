@@ -5,30 +5,11 @@ from __future__ import annotations
 from typing import TypeVar
 
 import torch
-import torch.nn.functional as F
 from diffusers import DDIMScheduler, DiffusionPipeline
 
 from ..models import LatentDiffusion
 
 PipelineT = TypeVar("PipelineT", bound=DiffusionPipeline)
-
-
-def check_images(images: torch.Tensor, name: str = "images") -> None:
-    """Raise ValueError unless ``images`` is a non-empty (B, 3, H, W) float tensor in [0, 1]."""
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"{name} must be a (B, 3, H, W) tensor, got {shape}")
-    if images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
-        raise ValueError(
-            f"{name} must hold at least one non-empty image, got {tuple(images.shape)}"
-        )
-    if not images.is_floating_point():
-        raise ValueError(f"{name} must be floating point in [0, 1], got {images.dtype}")
-    if images.min() < 0 or images.max() > 1:
-        raise ValueError(
-            f"{name} must lie in [0, 1], got values in [{float(images.min()):g}, "
-            f"{float(images.max()):g}]"
-        )
 
 
 def check_strength(strength: float) -> None:
@@ -44,18 +25,6 @@ def check_positive(value: int, name: str) -> None:
 def check_guidance(guidance_scale: float) -> None:
     if not guidance_scale >= 0:  # also refuses NaN
         raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
-
-
-def pad_to_multiple(tensor: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Edge-replicate bottom/right so H and W are multiples of ``multiple`` (the VAE's factor).
-
-    Pipelines would otherwise resize the image, and the output would not align with the input.
-    """
-    height, width = tensor.shape[-2:]
-    pad = (0, -width % multiple, 0, -height % multiple)
-    if pad == (0, 0, 0, 0):
-        return tensor
-    return F.pad(tensor, pad, mode="replicate")
 
 
 def randn(

@@ -20,12 +20,11 @@ import torch
 from diffusers import StableDiffusionInpaintPipeline
 
 from ..models import LatentDiffusion
+from ..tensors import check_images, pad_to_multiple
 from ._common import (
     build_pipeline,
     check_guidance,
-    check_images,
     check_positive,
-    pad_to_multiple,
     to_caller,
 )
 

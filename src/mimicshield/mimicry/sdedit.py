@@ -18,13 +18,12 @@ import torch
 from diffusers import StableDiffusionImg2ImgPipeline
 
 from ..models import LatentDiffusion
+from ..tensors import check_images, pad_to_multiple
 from ._common import (
     build_pipeline,
     check_guidance,
-    check_images,
     check_positive,
     check_strength,
-    pad_to_multiple,
     randn,
     to_caller,
 )

@@ -1,8 +1,13 @@
-"""Boundary checks shared by the metric modules (messages name expected and actual values)."""
+"""Checks and shape helpers for image tensors, shared by protection, mimicry, metrics and purifiers.
+
+Every public function that takes images validates them here, so the messages are the same
+everywhere and name the expected and the actual value.
+"""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def check_images(images: torch.Tensor, name: str = "images") -> None:
@@ -30,3 +35,20 @@ def check_pair(images: torch.Tensor, references: torch.Tensor) -> None:
             "images and references must have the same shape, got "
             f"{tuple(images.shape)} and {tuple(references.shape)}"
         )
+
+
+def pad_to_multiple(
+    tensor: torch.Tensor, multiple: int, value: float | None = None
+) -> torch.Tensor:
+    """Pad bottom/right so H and W are multiples of ``multiple`` (the VAE's downsampling factor).
+
+    Edge-replicated by default (the encoder sees no artificial border); ``value`` pads with a
+    constant instead (masks). Callers crop back to the original size.
+    """
+    height, width = tensor.shape[-2:]
+    pad = (0, -width % multiple, 0, -height % multiple)
+    if pad == (0, 0, 0, 0):
+        return tensor
+    if value is None:
+        return F.pad(tensor, pad, mode="replicate")
+    return F.pad(tensor, pad, value=value)
