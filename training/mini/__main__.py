@@ -1,0 +1,49 @@
+"""Command line: ``python -m training.mini STAGE`` (run from the repository root).
+
+``all`` runs every stage in order; each stage skips work that is already done and training
+resumes from its last checkpoint, so the same command continues an interrupted run.
+"""
+
+import argparse
+import logging
+
+import torch
+
+STAGES = ("sources", "prepare", "tokenizer", "vae", "latents", "unet", "export", "evaluate")
+
+
+def run(stage: str) -> None:
+    from . import data, evaluate, export, prepare, sources, tokenizer, unet, vae
+
+    if stage == "sources":
+        sources.fetch_packages()
+    elif stage == "prepare":
+        prepare.prepare()
+    elif stage == "tokenizer":
+        tokenizer.build(data.Crops().captions)
+    elif stage == "vae":
+        vae.train()
+    elif stage == "latents":
+        unet.encode_latents()
+    elif stage == "unet":
+        unet.train()
+    elif stage == "export":
+        export.export()
+    elif stage == "evaluate":
+        evaluate.evaluate()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m training.mini", description=__doc__)
+    parser.add_argument("stage", choices=("all",) + STAGES)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    # The machine has two cores shared with other work; one thread keeps training from starving it.
+    torch.set_num_threads(1)
+    for stage in STAGES if args.stage == "all" else (args.stage,):
+        logging.info("stage %s", stage)
+        run(stage)
+
+
+if __name__ == "__main__":
+    main()
