@@ -111,6 +111,9 @@ def test_report_references_only_existing_files(folder, tmp_path, tiny_model):
     assert sources, "the report shows images and plots"
     assert all((out / source).is_file() for source in sources)
     assert "plots/ssim.png" in sources and "clean/a.png" in sources
+    assert "protected/sds-/a.png" in sources
+    assert "mimicry/clean/sdedit@0.3/a.png" in sources
+    assert "mimicry/sds-/none/sdedit@0.3/a.png" in sources
     assert "a note" in page and "Worst case over purifiers" in page
 
 

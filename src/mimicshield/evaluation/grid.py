@@ -144,7 +144,7 @@ class Evaluation:
                 purified = [self._purify(purifier, image) for image in protected]
                 for scenario in self.plan.scenarios:
                     cell = (method, purifier.name, scenario.name)
-                    outputs = self._mimic(scenario, purified, cell)
+                    outputs = self._mimic(scenario, purified, cell[:2])
                     self._measure_mimicry(cell, scenario, outputs, references[scenario.name])
                     self.progress(f"{method} {purifier.name} {scenario.name}")
         return self.store
@@ -189,7 +189,11 @@ class Evaluation:
     def _mimic(
         self, scenario: Scenario, images: list[torch.Tensor], cell: tuple[str, ...]
     ) -> dict[str, list[torch.Tensor]]:
-        """variant → one output per image (per-image scenarios) or the generated set."""
+        """variant → one output per image (per-image scenarios) or the generated set.
+
+        Outputs are cached as ``mimicry/<cell...>/<variant>/<name>.png``; variant names are unique
+        across scenarios, so the scenario is not part of the path.
+        """
         folder = self.folder.joinpath("mimicry", *cell)
         if scenario.per_image:
             outputs: dict[str, list[torch.Tensor]] = {v: [] for v in scenario.variants()}
