@@ -218,3 +218,10 @@ def test_objective_weights_follow_the_method_table():
         "sds-": W(score_distillation=-1.0),
         "sdst": W(score_distillation=-5.0, latent_distance=-1.0),
     }
+
+
+def test_mask_outside_zero_one_is_refused(tiny_model, images):
+    with pytest.raises(ValueError, match=r"mask must lie in \[0, 1\]"):
+        protect(
+            images, METHODS["sds-"](budget=SHORT), tiny_model, mask=torch.full((1, 1, 16, 20), 2.0)
+        )

@@ -9,7 +9,7 @@ from .models import LatentDiffusion
 from .objectives import Conditioning, StepNoise, weighted_objective
 from .pgd import StepCallback, pgd
 from .targets import resolve_target
-from .tensors import check_images, pad_to_multiple
+from .tensors import check_images, check_mask, pad_to_multiple
 
 
 def protect(
@@ -38,7 +38,7 @@ def protect(
     # 1. Check the inputs and pad to the VAE's multiple.
     check_images(images)
     if mask is not None:
-        _check_mask(mask, images)
+        check_mask(mask, images)
     height, width = images.shape[-2:]
     padded = pad_to_multiple(images.detach().float(), model.vae_scale_factor)
     padded_mask = None if mask is None else pad_to_multiple(mask.float(), model.vae_scale_factor, 0)
@@ -80,18 +80,3 @@ def _conditioning(
             # The posterior mean: the target is fixed, so one deterministic encoding suffices.
             target_latents = model.encode(target.unsqueeze(0)).expand(batch, -1, -1, -1)
     return Conditioning(embeddings=embeddings, target_latents=target_latents)
-
-
-def _check_mask(mask: torch.Tensor, images: torch.Tensor) -> None:
-    batch, _, height, width = images.shape
-    ok = (
-        mask.dim() == 4
-        and mask.shape[1] == 1
-        and mask.shape[0] in (1, batch)
-        and tuple(mask.shape[-2:]) == (height, width)
-    )
-    if not ok:
-        raise ValueError(
-            f"mask must have shape (1 or {batch}, 1, {height}, {width}) to match the images, "
-            f"got {tuple(mask.shape)}"
-        )

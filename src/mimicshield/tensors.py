@@ -37,6 +37,28 @@ def check_pair(images: torch.Tensor, references: torch.Tensor) -> None:
         )
 
 
+def check_mask(mask: torch.Tensor, images: torch.Tensor) -> None:
+    """Raise ValueError unless ``mask`` is (1 or B, 1, H, W) in [0, 1] for (B, 3, H, W) images."""
+    batch, _, height, width = images.shape
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError(f"mask must be a tensor, got {type(mask).__name__}")
+    ok = (
+        mask.dim() == 4
+        and mask.shape[1] == 1
+        and mask.shape[0] in (1, batch)
+        and tuple(mask.shape[-2:]) == (height, width)
+    )
+    if not ok:
+        raise ValueError(
+            f"mask must have shape (1 or {batch}, 1, {height}, {width}) to match the images, "
+            f"got {tuple(mask.shape)}"
+        )
+    if mask.numel() and (mask.min() < 0 or mask.max() > 1):
+        raise ValueError(
+            f"mask must lie in [0, 1], got values in [{float(mask.min()):g}, {float(mask.max()):g}]"
+        )
+
+
 def pad_to_multiple(
     tensor: torch.Tensor, multiple: int, value: float | None = None
 ) -> torch.Tensor:

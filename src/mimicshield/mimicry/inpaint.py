@@ -20,7 +20,7 @@ import torch
 from diffusers import StableDiffusionInpaintPipeline
 
 from ..models import LatentDiffusion
-from ..tensors import check_images, pad_to_multiple
+from ..tensors import check_images, check_mask, pad_to_multiple
 from ._common import (
     build_pipeline,
     check_guidance,
@@ -71,7 +71,7 @@ def inpaint(
     """
     # 1. Check the inputs; one binary mask per image.
     check_images(images)
-    _check_mask(mask, images)
+    check_mask(mask, images)
     check_positive(num_inference_steps, "num_inference_steps")
     check_guidance(guidance_scale)
     repaint = (mask >= 0.5).expand(len(images), -1, -1, -1).to(images.device)
@@ -100,24 +100,3 @@ def inpaint(
 
     # 3. Crop back and paste the kept pixels from the input, bit for bit.
     return torch.where(repaint, to_caller(generated, images), images.detach())
-
-
-def _check_mask(mask: torch.Tensor, images: torch.Tensor) -> None:
-    batch, _, height, width = images.shape
-    if not isinstance(mask, torch.Tensor):
-        raise ValueError(f"mask must be a tensor, got {type(mask).__name__}")
-    ok = (
-        mask.dim() == 4
-        and mask.shape[1] == 1
-        and mask.shape[0] in (1, batch)
-        and tuple(mask.shape[-2:]) == (height, width)
-    )
-    if not ok:
-        raise ValueError(
-            f"mask must have shape (1 or {batch}, 1, {height}, {width}) to match the images, "
-            f"got {tuple(mask.shape)}"
-        )
-    if mask.numel() and (mask.min() < 0 or mask.max() > 1):
-        raise ValueError(
-            f"mask must lie in [0, 1], got values in [{float(mask.min()):g}, {float(mask.max()):g}]"
-        )
