@@ -27,6 +27,8 @@ from ..purify import parse_purifier
 from .options import add_model_options, model_notes
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: Below this many images per set, Fréchet distances are dominated by estimation noise.
+SMALL_SET = 50
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -116,6 +118,11 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(error), EXIT_USAGE)
     notes = model_notes(model)
     notes += [f"metric '{skip.metric}' skipped: {skip.reason}" for skip in metrics.skipped]
+    if metrics.sets and len(images) < SMALL_SET:
+        notes.append(
+            f"FD over {len(images)} images per set is far too few to mean much (FID is usually "
+            "reported over thousands); read it as a rough indication only."
+        )
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
 
