@@ -9,7 +9,6 @@ far it pushes the mimicry away from the mimicry of the clean image.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from .. import Budget, LatentDiffusion, ModelUnavailableError
@@ -24,7 +23,7 @@ from ..evaluation.report import method_summary
 from ..io import read_image
 from ..metrics import load_metrics
 from ..purify import parse_purifier
-from .options import model_notes
+from .options import EXIT_FAILED, EXIT_OK, fail, model_notes
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 STRENGTH = 0.3
@@ -47,8 +46,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         model = LatentDiffusion.from_pretrained(args.model, device="cpu", dtype="fp32")
     except ModelUnavailableError as error:
-        print(f"mimicshield: error: {error}", file=sys.stderr)
-        return 1
+        return fail(str(error), EXIT_FAILED)
     notes = model_notes(model) or [f"model: {model.name}"]
     for note in notes:
         print(f"note: {note}")
@@ -75,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     )
     _print_table(method_summary(store.rows, f"sdedit@{STRENGTH:g}"))
     print(f"report: {report}")
-    return 0
+    return EXIT_OK
 
 
 def _print_table(summary: dict[str, dict[str, float | None]]) -> None:

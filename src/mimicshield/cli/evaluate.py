@@ -24,9 +24,8 @@ from ..io import ImageFileError, read_image
 from ..metrics import DEFAULT_CLIP_MODEL, load_metrics
 from ..mimicry import REFERENCE_STRENGTHS
 from ..purify import parse_purifier
-from .options import add_model_options, model_notes
+from .options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_model_options, fail, model_notes
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 #: Below this many images per set, Fréchet distances are dominated by estimation noise.
 SMALL_SET = 50
 
@@ -95,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         plan = build_plan(args)
         paths = collect_inputs(args.inputs)
     except (BudgetError, InputError, ValueError) as error:
-        return _fail(str(error), EXIT_USAGE)
+        return fail(str(error), EXIT_USAGE)
     images, failed = [], 0
     for path in paths:
         try:
@@ -104,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {error}", file=sys.stderr)
             failed += 1
     if not images:
-        return _fail("none of the inputs could be read", EXIT_USAGE)
+        return fail("none of the inputs could be read", EXIT_USAGE)
 
     # 2. Model and metrics.
     try:
@@ -113,9 +112,9 @@ def run(args: argparse.Namespace) -> int:
             _split(args.metrics), model=model, device=model.device, clip_model=args.clip_model
         )
     except ModelUnavailableError as error:
-        return _fail(str(error), EXIT_FAILED)
+        return fail(str(error), EXIT_FAILED)
     except ValueError as error:
-        return _fail(str(error), EXIT_USAGE)
+        return fail(str(error), EXIT_USAGE)
     notes = model_notes(model)
     notes += [f"metric '{skip.metric}' skipped: {skip.reason}" for skip in metrics.skipped]
     if metrics.sets and len(images) < SMALL_SET:
@@ -136,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
             )
             store = evaluation.run()
     except ValueError as error:
-        return _fail(str(error), EXIT_FAILED)
+        return fail(str(error), EXIT_FAILED)
     report = write_report(
         args.output, store, title="mimicshield evaluation", notes=notes, plan_json=plan_record(plan)
     )
@@ -187,8 +186,3 @@ def _strengths(text: str) -> tuple[float, ...]:
 
 def _split(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _fail(message: str, code: int) -> int:
-    print(f"mimicshield: error: {message}", file=sys.stderr)
-    return code

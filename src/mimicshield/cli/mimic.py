@@ -18,9 +18,8 @@ from tqdm import tqdm
 from .. import LatentDiffusion, ModelUnavailableError
 from ..batch import InputError, collect_inputs, plan_outputs
 from ..io import ImageFileError, LoadedImage, read_image, read_mask, write_image
-from .options import add_model_options, model_notes
+from .options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_model_options, fail, model_notes
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 #: Names of the generated masks (``mimicry.MASKS``; listed here so --help needs no pipelines).
 MASK_NAMES = ("border", "center", "strokes")
 #: Per-file work: image (1, 3, H, W), seed, model → {output name suffix: (1, 3, H, W) result}.
@@ -145,7 +144,7 @@ def _run_sdedit(args: argparse.Namespace) -> int:
     from ..mimicry import one_step_reconstruction, sdedit
 
     if args.steps < 1:
-        return _fail(f"--steps must be at least 1, got {args.steps}", EXIT_USAGE)
+        return fail(f"--steps must be at least 1, got {args.steps}", EXIT_USAGE)
 
     def work(image: torch.Tensor, seed: int, model: LatentDiffusion) -> dict[str, torch.Tensor]:
         results = {}
@@ -178,13 +177,13 @@ def _run_inpaint(args: argparse.Namespace) -> int:
     from ..mimicry import MASKS, inpaint
 
     if args.steps < 1:
-        return _fail(f"--steps must be at least 1, got {args.steps}", EXIT_USAGE)
+        return fail(f"--steps must be at least 1, got {args.steps}", EXIT_USAGE)
     file_mask = None
     if args.mask not in MASKS:
         try:
             file_mask = read_mask(args.mask)
         except ImageFileError as error:
-            return _fail(
+            return fail(
                 f"--mask must be one of {', '.join(MASKS)} or a readable image: {error}",
                 EXIT_USAGE,
             )
@@ -242,19 +241,19 @@ def _run_textual_inversion(args: argparse.Namespace) -> int:
         inputs = collect_inputs(args.inputs)
         plan_outputs(inputs, args.output, "png")
     except (InputError, ValueError) as error:
-        return _fail(str(error), EXIT_USAGE)
+        return fail(str(error), EXIT_USAGE)
 
     # 2. The training set: every readable image, all of one size.
     loaded, failed = _read_all(inputs)
     if not loaded:
-        return _fail("no readable input image to learn from", EXIT_FAILED)
+        return fail("no readable input image to learn from", EXIT_FAILED)
     sizes = {item.size for item in loaded}
     if len(sizes) > 1:
         listing = "; ".join(
             f"{w}×{h}: {', '.join(i.path.name for i in loaded if i.size == (h, w))}"
             for h, w in sorted(sizes)
         )
-        return _fail(f"textual inversion needs images of one size, got {listing}", EXIT_USAGE)
+        return fail(f"textual inversion needs images of one size, got {listing}", EXIT_USAGE)
     images = torch.stack([item.pixels for item in loaded])
 
     # 3. The model, learning with a progress bar, then generation.
@@ -311,7 +310,7 @@ def _run_per_file(args: argparse.Namespace, work: FileWork) -> int:
         inputs = collect_inputs(args.inputs)
         outputs = plan_outputs(inputs, args.output, "png")
     except InputError as error:
-        return _fail(str(error), EXIT_USAGE)
+        return fail(str(error), EXIT_USAGE)
     model = _load_model(args)
     if model is None:
         return EXIT_FAILED
@@ -360,7 +359,7 @@ def _load_model(args: argparse.Namespace) -> LatentDiffusion | None:
     try:
         model = LatentDiffusion.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     except ModelUnavailableError as error:
-        _fail(str(error), EXIT_FAILED)
+        fail(str(error), EXIT_FAILED)
         return None
     for note in model_notes(model):
         print(f"note: {note}", file=sys.stderr)
@@ -370,8 +369,3 @@ def _load_model(args: argparse.Namespace) -> LatentDiffusion | None:
 def _levels(pixels: torch.Tensor) -> torch.Tensor:
     """(3, H, W) in [0, 1] → 8-bit levels (3, H, W) uint8, rounded to nearest."""
     return (pixels.float() * 255).round().clamp(0, 255).to(torch.uint8)
-
-
-def _fail(message: str, code: int) -> int:
-    print(f"mimicshield: error: {message}", file=sys.stderr)
-    return code

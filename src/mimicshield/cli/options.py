@@ -1,10 +1,14 @@
-"""Options shared by subcommands that load a model."""
+"""What the subcommands share: model options, model notes, exit codes and error messages."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..models import DEFAULT_MODEL, DTYPES, LatentDiffusion
+
+#: Exit codes: all done; some work failed (a file, a missing model); the command line was wrong.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, auto_dtype: bool = False) -> None:
@@ -49,3 +53,9 @@ def model_notes(model: LatentDiffusion) -> list[str]:
             "real models."
         ]
     return []
+
+
+def fail(message: str, code: int) -> int:
+    """Print ``message`` as the command's error and return ``code`` for ``main`` to exit with."""
+    print(f"mimicshield: error: {message}", file=sys.stderr)
+    return code

@@ -42,9 +42,7 @@ from ..planning import (
     plan_memory,
 )
 from ..sharding import completed_outputs, merge_records, part_record_path, read_records, shard
-from .options import add_model_options, model_notes
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+from .options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_model_options, fail, model_notes
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -138,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         max_batch = _batch_size(args.batch_size)
         budget = None if args.max_memory == "auto" else parse_memory(args.max_memory)
     except (BudgetError, InputError, ImageFileError, ValueError) as error:
-        return _fail(str(error), EXIT_USAGE)
+        return fail(str(error), EXIT_USAGE)
 
     # 2. This process's place in the run (one process unless started by `accelerate launch`).
     processes = _Processes.start(args.device)
@@ -150,9 +148,9 @@ def run(args: argparse.Namespace) -> int:
         model = LatentDiffusion.from_pretrained(args.model, device=device, dtype=dtypes[0])
         plan = _plan(model, job, inputs, dtypes, max_batch, budget, processes)
     except ModelUnavailableError as error:
-        return _fail(str(error), EXIT_FAILED)
+        return fail(str(error), EXIT_FAILED)
     except MemoryPlanError as error:
-        return _fail(str(error), EXIT_USAGE)
+        return fail(str(error), EXIT_USAGE)
     if plan.dtype != dtypes[0]:
         model.to(device, resolve_dtype(plan.dtype))
     speed = SpeedOptions(
@@ -372,8 +370,3 @@ def _positive(value: int, name: str) -> int:
 def _announce(model: LatentDiffusion) -> None:
     for note in model_notes(model):
         print(f"note: {note}", file=sys.stderr)
-
-
-def _fail(message: str, code: int) -> int:
-    print(f"mimicshield: error: {message}", file=sys.stderr)
-    return code
