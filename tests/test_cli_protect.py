@@ -145,6 +145,7 @@ def test_bad_files_are_reported_and_the_rest_still_processed(
         ("--eps", "300", "eps must lie in [0, 255]"),
         ("--steps", "-1", "steps must be a whole number"),
         ("--batch-size", "0", "--batch-size must be at least 1"),
+        ("--noise-samples", "0", "noise samples must be a whole number ≥ 1, got 0"),
     ],
 )
 def test_out_of_range_values_exit_2_naming_the_value(

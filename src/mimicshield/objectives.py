@@ -6,8 +6,10 @@
   no_grad, so w.r.t. the image it is the encoder's vector-Jacobian product J_Eᵀ(ε̂ − ε): one UNet
   forward, no UNet backward (Poole et al. 2022; Xue et al. 2024).
 
-Each PGD step draws one ``StepNoise`` (timestep, diffusion noise, posterior noise) from the
-generator; the objective encodes the images once and evaluates only terms with non-zero weight.
+Each PGD step draws one ``StepNoise`` from the generator: a posterior noise for the encoding and
+K ≥ 1 diffusion draws (timestep, noise). The objective encodes the images once and evaluates only
+terms with non-zero weight; the UNet terms average over the K draws in one batched UNet call, so
+K > 1 lowers the variance of a step's gradient for K − 1 more UNet passes and no more encoder work.
 """
 
 from __future__ import annotations
@@ -46,11 +48,20 @@ class Conditioning:
 
 @dataclass(frozen=True)
 class StepNoise:
-    """The randomness of one step: t ~ U{0..T−1}, ε ~ N(0, I), posterior noise ~ N(0, I)."""
+    """The randomness of one step: K draws of t ~ U{0..T−1} and ε ~ N(0, I), one posterior noise.
 
-    timesteps: torch.Tensor  # (B,) int64
-    noise: torch.Tensor  # (B, C, h, w)
+    The K diffusion draws are stacked along the batch, draw k holding rows k·B … (k+1)·B − 1, so
+    the UNet sees them as one batch of K·B.
+    """
+
+    timesteps: torch.Tensor  # (K·B,) int64
+    noise: torch.Tensor  # (K·B, C, h, w)
     posterior_noise: torch.Tensor  # (B, C, h, w)
+
+    @property
+    def samples(self) -> int:
+        """K, the number of diffusion draws per image."""
+        return self.timesteps.shape[0] // self.posterior_noise.shape[0]
 
     @classmethod
     def draw(
@@ -58,18 +69,30 @@ class StepNoise:
         model: LatentDiffusion,
         images: torch.Tensor,
         generator: torch.Generator | None = None,
+        samples: int = 1,
     ) -> StepNoise:
-        """Draw on the generator's device (CPU by default): results do not depend on the model's."""
+        """Draw on the generator's device (CPU by default): results do not depend on the model's.
+
+        With ``samples`` = 1 the draws are the same as before K existed (same seed, same noise).
+        """
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+            raise ValueError(f"noise samples must be a whole number ≥ 1, got {samples!r}")
         device = generator.device if generator is not None else torch.device("cpu")
         shape = model.latent_shape(images)
+        stacked = (samples * shape[0], *shape[1:])
         timesteps = torch.randint(
-            0, model.num_train_timesteps, (shape[0],), generator=generator, device=device
+            0, model.num_train_timesteps, (stacked[0],), generator=generator, device=device
         )
-        noise = torch.randn(shape, generator=generator, device=device)
+        noise = torch.randn(stacked, generator=generator, device=device)
         posterior_noise = torch.randn(shape, generator=generator, device=device)
         return cls(
             timesteps.to(model.device), noise.to(model.device), posterior_noise.to(model.device)
         )
+
+
+def _per_draw(tensor: torch.Tensor, samples: int) -> torch.Tensor:
+    """Repeat a (B, ...) tensor K times along the batch to line up with the stacked draws."""
+    return tensor.repeat(samples, *([1] * (tensor.dim() - 1)))
 
 
 def denoising_loss(
@@ -78,7 +101,12 @@ def denoising_loss(
     embeddings: torch.Tensor,
     step: StepNoise,
 ) -> torch.Tensor:
-    """L_S: mean squared error of the UNet's prediction against its own target (ε or v)."""
+    """L_S: mean squared error of the UNet's prediction against its own target (ε or v).
+
+    Averaged over the step's K draws as well as over elements and batch.
+    """
+    latents = _per_draw(latents, step.samples)
+    embeddings = _per_draw(embeddings, step.samples)
     noisy = model.add_noise(latents, step.noise, step.timesteps)
     output = model.predict(noisy, step.timesteps, embeddings)
     target = model.target(latents, step.noise, step.timesteps)
@@ -98,13 +126,17 @@ def score_distillation(
 ) -> torch.Tensor:
     """SDS surrogate ((ε̂ − ε).detach() · z).sum(): its gradient w.r.t. ``latents`` is ε̂ − ε.
 
-    ε̂ is the UNet's noise estimate in ε-form (converted from v for v-prediction models).
+    ε̂ is the UNet's noise estimate in ε-form (converted from v for v-prediction models); with
+    K draws the residual ε̂ − ε is their mean.
     """
+    samples = step.samples
     with torch.no_grad():
-        noisy = model.add_noise(latents, step.noise, step.timesteps)
-        output = model.predict(noisy, step.timesteps, embeddings)
+        repeated = _per_draw(latents, samples)
+        noisy = model.add_noise(repeated, step.noise, step.timesteps)
+        output = model.predict(noisy, step.timesteps, _per_draw(embeddings, samples))
         residual = model.predicted_noise(output, noisy, step.timesteps) - step.noise.to(output)
-    return (residual.float() * latents.float()).sum()
+        residual = residual.float().unflatten(0, (samples, -1)).mean(0)
+    return (residual * latents.float()).sum()
 
 
 def weighted_objective(

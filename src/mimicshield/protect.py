@@ -50,7 +50,7 @@ def protect(
 
         # 3. The objective of one step, with fresh timestep and noise each call.
         def objective(perturbed: torch.Tensor) -> torch.Tensor:
-            step = StepNoise.draw(model, perturbed, generator)
+            step = StepNoise.draw(model, perturbed, generator, method.noise_samples)
             return weighted_objective(model, perturbed, weights, conditioning, step)
 
         # 4. The shared PGD loop.

@@ -66,6 +66,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--steps", type=int, default=100, help="PGD steps (default: 100)")
     parser.add_argument(
+        "--noise-samples",
+        type=int,
+        default=1,
+        help="diffusion noise draws averaged per step; one encoder pass serves them all, so "
+        "e.g. --steps 50 --step-size 2 --noise-samples 2 costs less than the default 100 steps "
+        "(see bench/README.md for what it does to protection strength) (default: 1)",
+    )
+    parser.add_argument(
         "--prompt", default="a photo", help="text condition of the denoiser (default: 'a photo')"
     )
     parser.add_argument(
@@ -341,6 +349,7 @@ def _method(args: argparse.Namespace):
     settings = {
         "budget": Budget.from_255(args.eps, args.step_size, args.steps),
         "prompt": args.prompt,
+        "noise_samples": args.noise_samples,
     }
     if issubclass(method_class, TargetedMethod):
         target = args.target

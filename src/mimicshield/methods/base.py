@@ -24,6 +24,10 @@ class ProtectionMethod:
         budget: L∞ radius, step size and steps (reference: 16/255, 1/255, 100).
         prompt: text condition of the denoiser ("a photo", "a painting", ...).
         random_start: start from a uniform draw in the ball instead of the clean image.
+        noise_samples: diffusion draws (t, ε) averaged per PGD step, K (reference: 1). One
+            encoder pass serves all K; each extra draw costs one more UNet pass (forward only
+            for the SDS methods), so K > 1 buys a less noisy gradient per step cheaply.
+            PhotoGuard has no UNet term and gains nothing from it.
     """
 
     name: ClassVar[str]
@@ -32,6 +36,12 @@ class ProtectionMethod:
     budget: Budget = Budget()
     prompt: str = "a photo"
     random_start: bool = False
+    noise_samples: int = 1
+
+    def __post_init__(self) -> None:
+        samples = self.noise_samples
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+            raise ValueError(f"noise samples must be a whole number ≥ 1, got {samples!r}")
 
     def weights(self) -> ObjectiveWeights:
         """The objective this method maximises, as weights of the three primitives."""
