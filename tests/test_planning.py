@@ -97,9 +97,17 @@ def test_memory_sizes_parse_in_binary_units():
         parse_memory("lots")
 
 
-def test_automatic_precision_per_device():
-    assert default_dtypes(torch.device("cpu"), "auto") == ("fp32", "bf16")
-    assert default_dtypes(torch.device("cpu"), "fp16") == ("fp16",)
+def test_automatic_precision_per_device(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert default_dtypes(cpu, "auto") == ("fp32", "bf16")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert default_dtypes(cpu, "auto") == ("bf16",)
+    assert default_dtypes(cpu, "fp16") == ("fp16",) and default_dtypes(cpu, "fp32") == ("fp32",)
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert default_dtypes(cpu, "auto") == ("fp32", "bf16"), "a torch without the checks: fp32"
 
 
 def test_model_size_of_a_loaded_model(tiny_model):
@@ -156,4 +164,6 @@ def test_cli_auto_batch_and_plan_recorded(folder, tmp_path, tiny_model_dir):
     (record_path,) = out.glob("protect-*.json")
     record = json.loads(record_path.read_text())
     assert record["memory_plan"]["batch_size"] == record["batch_size"] >= 3
-    assert record["memory_plan"]["dtype"] == "fp32" and record["model"]["dtype"] == "float32"
+    automatic = default_dtypes(torch.device("cpu"), "auto")[0]  # bf16 on CPUs that compute it
+    assert record["memory_plan"]["dtype"] == automatic
+    assert record["model"]["dtype"] == {"fp32": "float32", "bf16": "bfloat16"}[automatic]

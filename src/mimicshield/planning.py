@@ -306,10 +306,23 @@ def default_dtypes(device: torch.device, requested: str) -> tuple[str, ...]:
     """Precisions to try, in order: the requested one, or for ``auto`` the device's best.
 
     ``auto``: bf16 on CUDA cards that support it (fast, and the perturbation stays fp32), else
-    fp32; on CPU, fp32 first and bf16 only as a fallback when fp32 does not fit.
+    fp32. On a CPU with bf16 instructions (AVX512-BF16 or AMX), bf16: measured 2.2× faster than
+    fp32 at SD-1.5 size with half the memory, and as strong on the miniature model
+    (bench/README.md). On other CPUs bf16 is emulated and slow, so fp32 first and bf16 only as a
+    fallback when fp32 does not fit.
     """
     if requested != "auto":
         return (requested,)
     if device.type == "cuda":
         return ("bf16",) if torch.cuda.is_bf16_supported() else ("fp32",)
+    if device.type == "cpu" and cpu_has_bf16_instructions():
+        return ("bf16",)
     return ("fp32", "bf16")
+
+
+def cpu_has_bf16_instructions() -> bool:
+    """Whether this CPU computes bf16 natively (x86 AVX512-BF16 or AMX tiles)."""
+    # torch exposes these checks only as private helpers (torch.cpu._is_*_supported, torch ≥ 2.3);
+    # a torch without them is treated as a CPU without bf16 instructions.
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)

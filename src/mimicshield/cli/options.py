@@ -30,8 +30,8 @@ def add_model_options(parser: argparse.ArgumentParser, *, auto_dtype: bool = Fal
             default="auto",
             choices=["auto", *sorted(DTYPES)],
             help="networks' precision; the perturbation always stays fp32. auto: bf16 on a GPU "
-            "that supports it, else fp32 (bf16 on CPU only if fp32 does not fit --max-memory) "
-            "(default: auto)",
+            "or CPU that computes it natively (AVX512-BF16/AMX), else fp32 (then bf16 only if "
+            "fp32 does not fit --max-memory) (default: auto)",
         )
         return
     group.add_argument(
