@@ -91,6 +91,13 @@ def test_fingerprint_tracks_what_decides_the_output_and_ignores_how_it_is_run(tm
             _job(tmp_path, method=METHODS["sds-"](budget=Budget.from_255(16, 1, 2))), "tiny", "fp32"
         ),
         settings_fingerprint(_job(tmp_path, mask=torch.ones(1, 1, 4, 4)), "tiny", "fp32"),
+        settings_fingerprint(
+            _job(
+                tmp_path, method=METHODS["sds-"](budget=Budget.from_255(8, 1, 2), noise_samples=2)
+            ),
+            "tiny",
+            "fp32",
+        ),
     ]
     assert base not in changed and len(set(changed)) == len(changed)
     targets = [METHODS["photoguard"](target=torch.full((3, 4, 4), value)) for value in (0.0, 1.0)]
