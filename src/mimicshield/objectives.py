@@ -8,8 +8,8 @@
 
 Each PGD step draws one ``StepNoise`` from the generator: a posterior noise for the encoding and
 K ≥ 1 diffusion draws (timestep, noise). The objective encodes the images once and evaluates only
-terms with non-zero weight; the UNet terms average over the K draws in one batched UNet call, so
-K > 1 lowers the variance of a step's gradient for K − 1 more UNet passes and no more encoder work.
+terms with non-zero weight; the UNet terms average over the K draws in one batched UNet call:
+K > 1 lowers the variance of a step's gradient for K times the UNet work and no more encoder work.
 """
 
 from __future__ import annotations
@@ -75,8 +75,7 @@ class StepNoise:
 
         With ``samples`` = 1 the draws are the same as before K existed (same seed, same noise).
         """
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise ValueError(f"noise samples must be a whole number ≥ 1, got {samples!r}")
+        check_noise_samples(samples)
         device = generator.device if generator is not None else torch.device("cpu")
         shape = model.latent_shape(images)
         stacked = (samples * shape[0], *shape[1:])
@@ -88,6 +87,12 @@ class StepNoise:
         return cls(
             timesteps.to(model.device), noise.to(model.device), posterior_noise.to(model.device)
         )
+
+
+def check_noise_samples(samples: object) -> None:
+    """Raise ValueError naming ``samples`` unless it is a whole number ≥ 1 (bools refused)."""
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"noise samples must be a whole number ≥ 1, got {samples!r}")
 
 
 def _per_draw(tensor: torch.Tensor, samples: int) -> torch.Tensor:
