@@ -250,3 +250,13 @@ def test_env_prints_versions_and_devices(capsys):
     assert main(["env"]) == 0
     out = capsys.readouterr().out
     assert "torch" in out and "diffusers" in out and "cpu" in out
+
+
+@pytest.mark.parametrize("switch, expected", [((), True), (("--no-channels-last",), False)])
+def test_channels_last_is_the_cpu_default_and_can_be_turned_off(
+    switch, expected, folder, tmp_path, tiny_model_dir
+):
+    out = tmp_path / "out"
+    assert _protect(folder, "-o", out, *switch, model=tiny_model_dir) == 0
+    (record_path,) = out.glob("protect-*.json")
+    assert json.loads(record_path.read_text())["speed"]["channels_last"] is expected

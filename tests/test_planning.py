@@ -25,14 +25,14 @@ SD15 = ModelSize(parameters=1_066_000_000, vae_width=128, unet_width=320, vae_sc
 
 
 def _estimate(**changes):
-    settings = dict(height=512, width=512, batch_size=1, dtype="fp32", unet_backward=False)
+    settings = dict(height=512, width=512, batch_size=1, dtype="fp32", unet_backward_draws=0)
     return estimate_bytes(SD15, **{**settings, **changes})
 
 
 def test_estimate_grows_with_work_and_shrinks_with_the_levers():
     base = _estimate()
     assert _estimate(batch_size=2) > base and _estimate(height=1024, width=1024) > base
-    assert _estimate(unet_backward=True) > base  # AdvDM/Mist keep UNet activations too
+    assert _estimate(unet_backward_draws=1) > base  # AdvDM/Mist keep UNet activations too
     assert _estimate(dtype="bf16") < base
     assert _estimate(height=509, width=509) == base  # padded to the VAE's multiple of 8
     fixed = SD15.parameters * 4 + FIXED_BYTES  # weights and per-run buffers, no pixels
@@ -44,7 +44,7 @@ def test_roomy_budget_takes_the_largest_batch_at_the_first_precision():
         SD15,
         height=512,
         width=512,
-        unet_backward=False,
+        unet_backward_draws=0,
         budget_bytes=80 * GIB,
         dtypes=("bf16",),
         max_batch_size=8,
@@ -55,9 +55,9 @@ def test_roomy_budget_takes_the_largest_batch_at_the_first_precision():
 
 
 def test_tighter_budgets_lower_the_batch_then_the_precision():
-    common = dict(height=512, width=512, unet_backward=True, dtypes=("fp32", "bf16"))
-    one = _estimate(unet_backward=True)
-    two = _estimate(unet_backward=True, batch_size=2)
+    common = dict(height=512, width=512, unet_backward_draws=1, dtypes=("fp32", "bf16"))
+    one = _estimate(unet_backward_draws=1)
+    two = _estimate(unet_backward_draws=1, batch_size=2)
     plan = plan_memory(SD15, budget_bytes=(one + two) // 2, max_batch_size=4, **common)
     assert (plan.batch_size, plan.dtype) == (1, "fp32")
     plan = plan_memory(SD15, budget_bytes=one - 1, max_batch_size=4, **common)
@@ -66,16 +66,16 @@ def test_tighter_budgets_lower_the_batch_then_the_precision():
 
 def test_what_cannot_fit_says_what_would():
     side = dict(height=2048, width=2048)
-    half = _estimate(dtype="bf16", unet_backward=True, **side)
-    encoder_only = _estimate(unet_backward=False, **side)
+    half = _estimate(dtype="bf16", unet_backward_draws=1, **side)
+    encoder_only = _estimate(unet_backward_draws=0, **side)
     budget = max(half, encoder_only)
-    assert _estimate(unet_backward=True, **side) > budget  # fp32 does not fit
+    assert _estimate(unet_backward_draws=1, **side) > budget  # fp32 does not fit
     with pytest.raises(MemoryPlanError) as caught:
         plan_memory(
             SD15,
             height=2048,
             width=2048,
-            unet_backward=True,
+            unet_backward_draws=1,
             budget_bytes=budget,
             dtypes=("fp32",),
             method_name="advdm",
@@ -86,6 +86,21 @@ def test_what_cannot_fit_says_what_would():
     assert "images of at most" in message and "--max-memory of at least" in message
     largest = int(message.split("images of at most ")[1].split("×")[0])
     assert largest % 8 == 0 and 0 < largest < 2048
+
+
+def test_each_draw_through_the_unet_keeps_its_own_activations():
+    encoder_only, one, two = (_estimate(unet_backward_draws=draws) for draws in (0, 1, 2))
+    assert two - one == pytest.approx(one - encoder_only, rel=1e-6)
+    with pytest.raises(MemoryPlanError, match=r"--noise-samples 1 \(≈"):
+        plan_memory(
+            SD15,
+            height=512,
+            width=512,
+            unet_backward_draws=2,
+            budget_bytes=one,
+            dtypes=("fp32",),
+            method_name="advdm",
+        )
 
 
 def test_memory_sizes_parse_in_binary_units():

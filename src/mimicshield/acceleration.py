@@ -23,7 +23,9 @@ class SpeedOptions:
     """How the networks compute.
 
     Attributes:
-        channels_last: NHWC weights and activations; convolutions run faster on tensor-core GPUs.
+        channels_last: NHWC weights and activations. Measured on a 2-core CPU at SD-1.5 size and
+            512² (oneDNN convolutions): 5–8 % faster SDS− steps and 12–14 % faster PhotoGuard steps
+            in bf16, 13 % faster SDS− in fp32; tensor-core GPUs usually gain too.
         compile: ``torch.compile`` the VAE encoder and the UNet (minutes of compiling first; pays
             off over many steps or images of one size).
         attention_slicing: diffusers' sliced attention in the UNet. With torch ≥ 2 the default

@@ -132,7 +132,7 @@ def estimate_bytes(
     width: int,
     batch_size: int,
     dtype: str,
-    unet_backward: bool,
+    unet_backward_draws: int,
 ) -> int:
     """Estimated peak bytes of one PGD step (see the module docstring for the model).
 
@@ -141,17 +141,23 @@ def estimate_bytes(
         height, width: image size in pixels (padded up to the VAE's multiple here).
         batch_size: images per step.
         dtype: ``fp32``, ``bf16`` or ``fp16``: the networks' weights and activations.
-        unet_backward: the gradient runs through the UNet (AdvDM, AdvDM−, Mist).
+        unet_backward_draws: diffusion draws per image whose gradient runs through the UNet:
+            0 for encoder-only methods (SDS, PhotoGuard), else the method's ``noise_samples``
+            (AdvDM, AdvDM−, Mist), each keeping its own UNet activations.
     """
     element = _ELEMENT_SIZE[dtype]
     multiple = size.vae_scale_factor
     pixels = (-(-height // multiple) * multiple) * (-(-width // multiple) * multiple)
     activations = SD15_ENCODER_BYTES_PER_PIXEL * size.vae_width / _SD15_VAE_WIDTH
-    if unet_backward:
+    if unet_backward_draws:
         # The UNet runs on latent cells: (8 / f)² more of them per pixel than SD's f = 8.
         cells = (_SD15_SCALE / size.vae_scale_factor) ** 2
         activations += (
-            SD15_UNET_BACKWARD_BYTES_PER_PIXEL * size.unet_width / _SD15_UNET_WIDTH * cells
+            SD15_UNET_BACKWARD_BYTES_PER_PIXEL
+            * size.unet_width
+            / _SD15_UNET_WIDTH
+            * cells
+            * unet_backward_draws
         )
     per_image = pixels * (activations * element / 4 + PGD_BYTES_PER_PIXEL)
     return int(size.parameters * element + FIXED_BYTES + batch_size * per_image)
@@ -162,7 +168,7 @@ def plan_memory(
     *,
     height: int,
     width: int,
-    unet_backward: bool,
+    unet_backward_draws: int,
     budget_bytes: int,
     dtypes: tuple[str, ...] = ("fp32",),
     max_batch_size: int = 1,
@@ -178,7 +184,9 @@ def plan_memory(
         MemoryPlanError: even one image does not fit; the message names what would.
     """
     for dtype in dtypes:
-        common = dict(height=height, width=width, dtype=dtype, unet_backward=unet_backward)
+        common = dict(
+            height=height, width=width, dtype=dtype, unet_backward_draws=unet_backward_draws
+        )
         fitting = [
             batch
             for batch in range(1, max_batch_size + 1)
@@ -192,7 +200,7 @@ def plan_memory(
                 budget_bytes=budget_bytes,
             )
     raise MemoryPlanError(
-        _what_would_fit(size, height, width, unet_backward, budget_bytes, dtypes, method_name)
+        _what_would_fit(size, height, width, unet_backward_draws, budget_bytes, dtypes, method_name)
     )
 
 
@@ -200,7 +208,7 @@ def _what_would_fit(
     size: ModelSize,
     height: int,
     width: int,
-    unet_backward: bool,
+    unet_backward_draws: int,
     budget_bytes: int,
     dtypes: tuple[str, ...],
     method_name: str,
@@ -208,28 +216,36 @@ def _what_would_fit(
     """A sentence naming the smallest need and the changes that would fit."""
     leanest = dtypes[-1]
     smallest = dict(batch_size=1, dtype=leanest)
-    need = estimate_bytes(size, height=height, width=width, unet_backward=unet_backward, **smallest)
+    need = estimate_bytes(
+        size, height=height, width=width, unet_backward_draws=unet_backward_draws, **smallest
+    )
     options: list[str] = []
     if leanest == "fp32":
         half = estimate_bytes(
             size,
             height=height,
             width=width,
-            unet_backward=unet_backward,
+            unet_backward_draws=unet_backward_draws,
             **{**smallest, "dtype": "bf16"},
         )
         if half <= budget_bytes:
             options.append(f"--dtype bf16 (≈ {half / GIB:.1f} GiB)")
-    if unet_backward:
+    if unet_backward_draws > 1:
+        one_draw = estimate_bytes(
+            size, height=height, width=width, unet_backward_draws=1, **smallest
+        )
+        if one_draw <= budget_bytes:
+            options.append(f"--noise-samples 1 (≈ {one_draw / GIB:.1f} GiB)")
+    if unet_backward_draws:
         encoder_only = estimate_bytes(
-            size, height=height, width=width, unet_backward=False, **smallest
+            size, height=height, width=width, unet_backward_draws=0, **smallest
         )
         if encoder_only <= budget_bytes:
             options.append(
                 "an encoder-only method such as sds- or photoguard "
                 f"(≈ {encoder_only / GIB:.1f} GiB)"
             )
-    side = _largest_square(size, unet_backward, budget_bytes, smallest)
+    side = _largest_square(size, unet_backward_draws, budget_bytes, smallest)
     if side:
         options.append(f"images of at most {side}×{side} pixels (resize first)")
     options.append(f"--max-memory of at least {need / GIB:.1f}GiB on a device that has it")
@@ -241,7 +257,9 @@ def _what_would_fit(
     )
 
 
-def _largest_square(size: ModelSize, unet_backward: bool, budget_bytes: int, settings: dict) -> int:
+def _largest_square(
+    size: ModelSize, unet_backward_draws: int, budget_bytes: int, settings: dict
+) -> int:
     """The largest square side (multiple of the VAE factor) that fits, or 0."""
     step = size.vae_scale_factor
     low, high = 0, 1 << 16
@@ -249,7 +267,11 @@ def _largest_square(size: ModelSize, unet_backward: bool, budget_bytes: int, set
         middle = (low + high) // 2 // step * step
         fits = (
             estimate_bytes(
-                size, height=middle, width=middle, unet_backward=unet_backward, **settings
+                size,
+                height=middle,
+                width=middle,
+                unet_backward_draws=unet_backward_draws,
+                **settings,
             )
             <= budget_bytes
         )
