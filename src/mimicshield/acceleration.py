@@ -24,8 +24,8 @@ class SpeedOptions:
 
     Attributes:
         channels_last: NHWC weights and activations. Measured on a 2-core CPU at SD-1.5 size and
-            512² (oneDNN convolutions): 5–8 % faster SDS− steps and 12–14 % faster PhotoGuard steps
-            in bf16, 13 % faster SDS− in fp32; tensor-core GPUs usually gain too.
+            512² (oneDNN convolutions): SDS− and PhotoGuard steps 13–19 % faster in fp32 and bf16
+            (bench/README.md); tensor-core GPUs usually gain too.
         compile: ``torch.compile`` the VAE encoder and the UNet (minutes of compiling first; pays
             off over many steps or images of one size).
         attention_slicing: diffusers' sliced attention in the UNet. With torch ≥ 2 the default

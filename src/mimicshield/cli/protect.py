@@ -112,7 +112,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--channels-last",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="NHWC layout of weights and activations; measured 5–14 %% faster on a CPU at 512² "
+        help="NHWC layout of weights and activations; measured 13–19 %% faster on a CPU at 512² "
         "(bench/README.md) (default: on for CPU, off elsewhere until measured there)",
     )
     speed.add_argument(
