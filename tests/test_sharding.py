@@ -20,6 +20,7 @@ from mimicshield.cli.main import main
 from mimicshield.sharding import (
     completed_outputs,
     file_sha256,
+    merge_part_files,
     merge_records,
     part_record_path,
     shard,
@@ -56,6 +57,18 @@ def test_merge_orders_images_by_input_and_counts_processes():
     assert part_record_path(Path("out/protect-X.json"), 1, 2).name == "protect-X.part-1-of-2.json"
     with pytest.raises(ValueError):
         merge_records([], order)
+
+
+def test_merging_part_files_writes_one_record_with_reused_images_and_removes_the_parts(tmp_path):
+    record_path = tmp_path / "protect-X.json"
+    for index, inputs in enumerate((["c"], ["a"])):
+        part = {"seed": 3, "images": [{"input": name, "ok": True} for name in inputs]}
+        part_record_path(record_path, index, 2).write_text(json.dumps(part))
+    merged = merge_part_files(record_path, 2, extra_images=[{"input": "b"}], order=["a", "b", "c"])
+    assert json.loads(record_path.read_text()) == merged
+    assert [image["input"] for image in merged["images"]] == ["a", "b", "c"]
+    assert merged["processes"] == 2 and merged["seed"] == 3
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["protect-X.json"]
 
 
 def test_completed_outputs_keep_only_ok_images_of_the_same_fingerprint(tmp_path):

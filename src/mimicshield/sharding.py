@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -66,6 +67,32 @@ def merge_records(parts: Sequence[dict], order: Sequence[str]) -> dict:
     images = [image for part in parts for image in part.get("images", [])]
     images.sort(key=lambda image: position.get(image["input"], len(position)))
     return {**parts[0], "processes": len(parts), "images": images}
+
+
+def merge_part_files(
+    record_path: Path, count: int, extra_images: Sequence[dict], order: Sequence[str]
+) -> dict:
+    """Merge the ``count`` part records of ``record_path`` into it and remove the parts.
+
+    Args:
+        record_path: the run's record; its parts are ``part_record_path(record_path, i, count)``.
+        count: number of processes, each of which wrote one part.
+        extra_images: image entries no process wrote (images reused from earlier runs).
+        order: input paths in the order the merged record lists them.
+
+    Returns:
+        The merged record, as written (atomically: a crash leaves the parts, not half a file).
+    """
+    part_paths = [part_record_path(record_path, index, count) for index in range(count)]
+    parts = [json.loads(path.read_text()) for path in part_paths]
+    merged = merge_records([*parts, {"images": list(extra_images)}], order)
+    merged["processes"] = count
+    temporary = record_path.with_name(f".{record_path.name}.partial")
+    temporary.write_text(json.dumps(merged, indent=2, default=str))
+    os.replace(temporary, record_path)
+    for path in part_paths:
+        path.unlink()
+    return merged
 
 
 def read_records(folder: Path) -> list[dict]:

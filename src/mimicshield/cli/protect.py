@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from .. import METHODS, Budget, BudgetError, LatentDiffusion, ModelUnavailableError
@@ -41,7 +37,14 @@ from ..planning import (
     parse_memory,
     plan_memory,
 )
-from ..sharding import completed_outputs, merge_records, part_record_path, read_records, shard
+from ..processes import Processes
+from ..sharding import (
+    completed_outputs,
+    merge_part_files,
+    part_record_path,
+    read_records,
+    shard,
+)
 from .options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_model_options, fail, model_notes
 
 
@@ -153,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(error), EXIT_USAGE)
 
     # 2. This process's place in the run (one process unless started by `accelerate launch`).
-    processes = _Processes.start(args.device)
+    processes = Processes.start(args.device)
 
     # 3. The model, in the precision and configuration that fit the memory budget.
     try:
@@ -234,7 +237,13 @@ def run(args: argparse.Namespace) -> int:
         processes.wait_for_everyone()
         if not processes.is_main:
             return EXIT_FAILED if any(not result.ok for result in results) else EXIT_OK
-        results = _merge(record_path, processes.count, reused, inputs)
+        merged = merge_part_files(
+            record_path,
+            processes.count,
+            extra_images=[dataclasses.asdict(result) for result in reused],
+            order=[str(path) for path in inputs],
+        )
+        results = [FileResult(**image) for image in merged["images"]]
 
     # 7. Summary.
     failed = [result for result in results if not result.ok]
@@ -261,7 +270,7 @@ def _plan(
     dtypes: tuple[str, ...],
     max_batch: int,
     budget: int | None,
-    processes: _Processes,
+    processes: Processes,
 ) -> MemoryPlan:
     """Fit the largest input into the budget (the automatic one counts the loaded weights)."""
     size = ModelSize.of(model)
@@ -280,73 +289,6 @@ def _plan(
         max_batch_size=max_batch,
         method_name=job.method.name,
     )
-
-
-def _merge(
-    record_path: Path, count: int, reused: list[FileResult], inputs: list[Path]
-) -> list[FileResult]:
-    """Merge the part records into ``record_path``, remove the parts, return all results."""
-    parts_paths = [part_record_path(record_path, index, count) for index in range(count)]
-    parts = [json.loads(path.read_text()) for path in parts_paths]
-    reused_part = {"images": [dataclasses.asdict(result) for result in reused]}
-    merged = merge_records([*parts, reused_part], [str(path) for path in inputs])
-    merged["processes"] = count
-    temporary = record_path.with_name(f".{record_path.name}.partial")
-    temporary.write_text(json.dumps(merged, indent=2, default=str))
-    os.replace(temporary, record_path)
-    for path in parts_paths:
-        path.unlink()
-    return [FileResult(**image) for image in merged["images"]]
-
-
-@dataclasses.dataclass(frozen=True)
-class _Processes:
-    """This process's index among ``count`` (``accelerate launch``), or a lone process."""
-
-    index: int = 0
-    count: int = 1
-    local_count: int = 1
-    device: torch.device | None = None  # the device accelerate assigns, None for a lone process
-
-    @classmethod
-    def start(cls, device: str) -> _Processes:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return cls()
-        from accelerate import PartialState  # imported only when launched by accelerate
-
-        use_cpu = device == "cpu" or not torch.cuda.is_available()
-        state = PartialState(cpu=use_cpu)
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))
-        return cls(
-            state.process_index,
-            state.num_processes,
-            local,
-            state.device if device == "auto" else resolve_device(device),
-        )
-
-    @property
-    def is_main(self) -> bool:
-        return self.index == 0
-
-    def record_path(self, folder: Path) -> Path:
-        """protect-<UTC time>[-N].json, a name no earlier run used, chosen by the main process
-        so that every process agrees."""
-        stamp = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
-        name, counter = f"protect-{stamp}.json", 2
-        while (folder / name).exists():
-            name, counter = f"protect-{stamp}-{counter}.json", counter + 1
-        chosen = [name]
-        if self.count > 1:
-            from accelerate.utils import broadcast_object_list
-
-            broadcast_object_list(chosen)
-        return folder / chosen[0]
-
-    def wait_for_everyone(self) -> None:
-        from accelerate import PartialState
-
-        PartialState().wait_for_everyone()
 
 
 def _method(args: argparse.Namespace):

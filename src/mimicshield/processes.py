@@ -1,0 +1,78 @@
+"""Where this process stands in a run that ``accelerate launch`` spread over processes.
+
+``accelerate`` is imported only when the environment says several processes were launched, so a
+lone run never pays for it. What the processes do with their place (``sharding.shard``, one
+record part each, ``sharding.merge_part_files`` by the main process) is up to the caller.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from .models import resolve_device
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's index among ``count`` (``accelerate launch``), or a lone process.
+
+    Attributes:
+        index: this process's rank, 0 for the main process.
+        count: processes in the run.
+        local_count: processes on this machine (they share its memory).
+        device: the device accelerate assigned, or None for a lone process.
+    """
+
+    index: int = 0
+    count: int = 1
+    local_count: int = 1
+    device: torch.device | None = None
+
+    @classmethod
+    def start(cls, device: str) -> Processes:
+        """Join the run ``accelerate launch`` started (WORLD_SIZE > 1), or be a lone process.
+
+        ``device`` is the user's ``--device``: ``auto`` takes the device accelerate assigns.
+        """
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        from accelerate import PartialState  # imported only when launched by accelerate
+
+        use_cpu = device == "cpu" or not torch.cuda.is_available()
+        state = PartialState(cpu=use_cpu)
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))
+        return cls(
+            state.process_index,
+            state.num_processes,
+            local,
+            state.device if device == "auto" else resolve_device(device),
+        )
+
+    @property
+    def is_main(self) -> bool:
+        return self.index == 0
+
+    def record_path(self, folder: Path) -> Path:
+        """protect-<UTC time>[-N].json, a name no earlier run used, chosen by the main process
+        so that every process agrees."""
+        stamp = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
+        name, counter = f"protect-{stamp}.json", 2
+        while (folder / name).exists():
+            name, counter = f"protect-{stamp}-{counter}.json", counter + 1
+        chosen = [name]
+        if self.count > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(chosen)
+        return folder / chosen[0]
+
+    def wait_for_everyone(self) -> None:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
