@@ -1,7 +1,7 @@
 """Splitting a run over processes, merging their records, and recognising work already done.
 
-Pure functions on lists, paths and record dicts; ``batch`` and the CLI wire them to files and to
-``accelerate``. The conventions:
+Functions on lists, record dicts and record files; ``processes`` says where a process stands in
+an ``accelerate launch``, and the CLI wires the two together. The conventions:
 
 - Every process sees the same input list in the same order, so ``shard(items, i, n)`` gives each
   process a disjoint share and together they cover the list, with no communication.
