@@ -13,6 +13,8 @@ prints and writes:
 - ``visible_psnr``: PSNR of the protected image against the clean one.
 
     python bench/step_schedule.py --model mini --output bench/results/step-schedule-mini.json
+
+(bench/README.md lists the other runs: bf16 networks, several noise draws per step.)
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ def main() -> None:
     parser.add_argument("--model", default="mini")
     parser.add_argument("--methods", default="sds-,photoguard,advdm")
     parser.add_argument(
-        "--schedules", default="100x1,50x2,25x4,10x8", help="STEPSxSTEP_SIZE[xNOISE_SAMPLES],..."
+        "--schedules",
+        default="100x1,80x1,50x2,25x4,10x8",
+        help="STEPSxSTEP_SIZE[xNOISE_SAMPLES],...",
     )
     parser.add_argument("--eps", type=float, default=16)
     parser.add_argument(
