@@ -13,6 +13,7 @@ from ..benchmark import REFERENCE_METHOD, BenchConfig, format_table, run_benchma
 from ..environment import versions
 from ..methods import METHODS
 from ..models import DTYPES, ModelUnavailableError
+from .options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -76,8 +77,7 @@ def run(args: argparse.Namespace) -> int:
             ),
         )
     except ValueError as error:
-        print(f"mimicshield: error: {error}", file=sys.stderr)
-        return 2
+        return fail(str(error), EXIT_USAGE)
 
     def on_row(row: dict[str, object]) -> None:
         print(
@@ -89,8 +89,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         rows = run_benchmark(config, on_row=on_row)
     except ModelUnavailableError as error:
-        print(f"mimicshield: error: {error}", file=sys.stderr)
-        return 1
+        return fail(str(error), EXIT_FAILED)
     print(format_table(rows, REFERENCE_METHOD))
     if args.output is not None:
         report = {
@@ -103,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(report, indent=2))
         print(f"rows written to {args.output}")
-    return 0
+    return EXIT_OK
 
 
 def _names(text: str) -> tuple[str, ...]:
