@@ -8,8 +8,10 @@ import shutil
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # no test may reach a model hub
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from mimicshield import LatentDiffusion
 
@@ -55,3 +57,14 @@ def images():
     upsampled[:, :, 0, 0] = 0.0
     upsampled[:, :, -1, -1] = 1.0
     return upsampled
+
+
+@pytest.fixture(scope="session")
+def smooth_picture():
+    """picture(seed, size=(20, 16)) → a PIL RGB image: 4×5 random colours, bilinearly enlarged."""
+
+    def picture(seed: int, size: tuple[int, int] = (20, 16)) -> Image.Image:
+        small = np.random.default_rng(seed).integers(0, 256, (4, 5, 3), dtype=np.uint8)
+        return Image.fromarray(small).resize(size, Image.Resampling.BILINEAR)
+
+    return picture

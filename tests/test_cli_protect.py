@@ -12,18 +12,12 @@ from PIL import Image
 from mimicshield.cli.main import main
 
 
-def _picture(seed, size=(20, 16)):
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)
-    return Image.fromarray(small).resize(size, Image.Resampling.BILINEAR)
-
-
 @pytest.fixture
-def folder(tmp_path):
+def folder(tmp_path, smooth_picture):
     inputs = tmp_path / "in"
     inputs.mkdir()
-    _picture(0).save(inputs / "photo.jpg", quality=95)
-    rgba = _picture(1).convert("RGBA")
+    smooth_picture(0).save(inputs / "photo.jpg", quality=95)
+    rgba = smooth_picture(1).convert("RGBA")
     rgba.putalpha(Image.linear_gradient("L").resize(rgba.size))
     rgba.save(inputs / "art.png")
     return inputs
@@ -236,11 +230,11 @@ def test_targets_gray_and_image_file(folder, tmp_path, tiny_model_dir):
     )
 
 
-def test_name_collisions_get_distinct_outputs(tmp_path, tiny_model_dir):
+def test_name_collisions_get_distinct_outputs(tmp_path, tiny_model_dir, smooth_picture):
     inputs = tmp_path / "in"
     inputs.mkdir()
-    _picture(0).save(inputs / "same.jpg")
-    _picture(1).save(inputs / "same.png")
+    smooth_picture(0).save(inputs / "same.jpg")
+    smooth_picture(1).save(inputs / "same.png")
     out = tmp_path / "out"
     assert _protect(inputs, "-o", out, model=tiny_model_dir) == 0
     assert sorted(p.name for p in out.glob("*.png")) == ["same.png", "same.png.png"]

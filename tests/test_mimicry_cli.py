@@ -11,19 +11,13 @@ from PIL import Image
 from mimicshield.cli.main import main
 
 
-def _picture(seed, size=(20, 16)):
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)
-    return Image.fromarray(small).resize(size, Image.Resampling.BILINEAR)
-
-
 @pytest.fixture
-def folder(tmp_path):
+def folder(tmp_path, smooth_picture):
     """Two readable images of one size and a corrupt one."""
     inputs = tmp_path / "in"
     inputs.mkdir()
-    _picture(0).save(inputs / "photo.png")
-    _picture(1).save(inputs / "art.jpg", quality=95)
+    smooth_picture(0).save(inputs / "photo.png")
+    smooth_picture(1).save(inputs / "art.jpg", quality=95)
     (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     return inputs
 
@@ -116,10 +110,10 @@ def test_inpaint_with_generated_mask_keeps_the_middle(folder, tmp_path, tiny_mod
 
 
 def test_inpaint_mask_file_of_the_wrong_size_fails_that_file_only(
-    folder, tmp_path, tiny_model_dir, capsys
+    folder, tmp_path, tiny_model_dir, capsys, smooth_picture
 ):
     Image.new("L", (20, 16), 255).save(tmp_path / "mask.png")
-    _picture(2, size=(24, 24)).save(folder / "square.png")
+    smooth_picture(2, size=(24, 24)).save(folder / "square.png")
     out = tmp_path / "out"
     code = _mimic(
         "inpaint",
@@ -218,8 +212,10 @@ def test_refuses_to_write_into_an_input_folder(folder, tiny_model_dir, capsys):
     assert _digests(folder) == before
 
 
-def test_textual_inversion_refuses_mixed_sizes(folder, tmp_path, tiny_model_dir, capsys):
-    _picture(2, size=(24, 24)).save(folder / "square.png")
+def test_textual_inversion_refuses_mixed_sizes(
+    folder, tmp_path, tiny_model_dir, capsys, smooth_picture
+):
+    smooth_picture(2, size=(24, 24)).save(folder / "square.png")
     code = _mimic(
         "textual-inversion",
         folder,
