@@ -1,4 +1,4 @@
-"""Measure the per-pixel activation memory that ``mimicshield.planning`` assumes.
+"""Measure the per-pixel activation memory that ``mimicshield.runtime.memory`` assumes.
 
 Runs sds- (encoder backward only) and advdm (encoder + UNet backward), and sds- with encoder
 checkpointing, on the SD-1.5 architecture with random weights at two small resolutions, and fits
@@ -17,9 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from mimicshield.acceleration import SpeedOptions, configure
-from mimicshield.benchmark import measure
 from mimicshield.models import LatentDiffusion
+from mimicshield.runtime.benchmark import measure
+from mimicshield.runtime.speed import SpeedOptions, configure
 
 
 def main() -> None:

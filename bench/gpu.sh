@@ -20,7 +20,7 @@ python -m mimicshield bench "${common[@]}" --dtype fp32 --methods sds-,advdm,pho
   --output "$out/gpu-sd15-512-fp32-$stamp.json"
 python -m mimicshield bench "${common[@]}" --dtype bf16 --batch-size 1,4 --channels-last \
   --methods sds-,advdm,photoguard,mist --output "$out/gpu-sd15-512-bf16-nhwc-$stamp.json"
-# 3. The memory planner's constants as CUDA max-allocated (compare with planning.py's).
+# 3. The memory planner's constants as CUDA max-allocated (compare with runtime/memory.py's).
 python bench/calibrate_memory.py --device cuda --resolutions 256,512 \
   --output "$out/gpu-memory-calibration-$stamp.json"
 if [ "${COMPILE:-0}" = 1 ]; then

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from mimicshield import METHODS, Budget, LatentDiffusion, protect
-from mimicshield.io import read_image
+from mimicshield.imagefiles import read_image
 from mimicshield.metrics import latent_shift, psnr
 from mimicshield.mimicry import sdedit
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from mimicshield import METHODS, Budget, LatentDiffusion, protect
-from mimicshield.acceleration import SpeedOptions, configure
-from mimicshield.benchmark import BenchConfig, format_table, run_benchmark
 from mimicshield.cli.main import main
+from mimicshield.runtime.benchmark import BenchConfig, format_table, run_benchmark
+from mimicshield.runtime.speed import SpeedOptions, configure
 
 ROW_FIELDS = {
     "method",

@@ -11,17 +11,11 @@ from PIL import Image
 
 from mimicshield import Budget
 from mimicshield.cli.main import main
-from mimicshield.evaluation import (
-    Evaluation,
-    EvaluationPlan,
-    ResultsStore,
-    SDEditScenario,
-    TextualInversionScenario,
-    write_report,
-)
+from mimicshield.evaluation import Evaluation, EvaluationPlan, ResultsStore, write_report
 from mimicshield.evaluation import grid as grid_module
-from mimicshield.io import read_image
+from mimicshield.imagefiles import read_image
 from mimicshield.metrics import load_metrics
+from mimicshield.mimicry import SDEditScenario, TextualInversionScenario
 from mimicshield.purify import parse_purifier
 
 
@@ -148,7 +142,7 @@ def test_cli_evaluate_on_a_two_image_folder(folder, tmp_path, tiny_model_dir, ca
         [
             "evaluate", str(folder), "-o", str(out), "--model", str(tiny_model_dir),
             "--device", "cpu", "--methods", "sds-,noise", "--steps", "2", "--eps", "8",
-            "--strengths", "0.3", "--mimic-steps", "3", "--metrics", "psnr,ssim,clip",
+            "--strengths", "0.3", "--num-inference-steps", "3", "--metrics", "psnr,ssim,clip",
         ]
     )  # fmt: skip
     assert code == 0
@@ -164,7 +158,7 @@ def test_cli_evaluate_on_a_two_image_folder(folder, tmp_path, tiny_model_dir, ca
         ("--purify", "none,sharpen2", "unknown purifier 'sharpen2'"),
         ("--metrics", "psnr,vibes", "unknown metric 'vibes'"),
         ("--methods", "sds-,glaze", "unknown method 'glaze'"),
-        ("--strengths", "0.3,2", "strengths must lie in (0, 1]"),
+        ("--strengths", "0.3,2", "strength must be in (0, 1], got 2"),
     ],
 )
 def test_cli_evaluate_bad_names_exit_2(

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image, ImageCms
 
-from mimicshield.io import ImageFileError, read_back, read_image, read_mask, write_image
+from mimicshield.imagefiles import ImageFileError, read_back, read_image, read_mask, write_image
 
 
 def _save(path, image, **options):

@@ -11,7 +11,6 @@ from diffusers import DDIMScheduler, UNet2DConditionModel
 from safetensors.torch import load_file
 
 from mimicshield import LatentDiffusion
-from mimicshield.architectures import TINY
 from mimicshield.mimicry import (
     MASKS,
     TextualInversionConfig,
@@ -30,6 +29,7 @@ from mimicshield.mimicry import (
     strokes_mask,
     textual_inversion,
 )
+from mimicshield.models.random_weights import TINY
 
 
 def _seed(value: int = 0) -> torch.Generator:

@@ -47,7 +47,7 @@ def test_sdedit_writes_one_png_per_strength_and_reports_the_bad_file(
         out,
         "--strength",
         "0.1,0.5",
-        "--steps",
+        "--num-inference-steps",
         "4",
         model=tiny_model_dir,
     )
@@ -56,10 +56,10 @@ def test_sdedit_writes_one_png_per_strength_and_reports_the_bad_file(
     assert "broken.png" in stderr
     written = sorted(p.name for p in out.iterdir())
     assert written == [
-        "art-sdedit-0.1.png",
-        "art-sdedit-0.5.png",
-        "photo-sdedit-0.1.png",
-        "photo-sdedit-0.5.png",
+        "art-sdedit@0.1.png",
+        "art-sdedit@0.5.png",
+        "photo-sdedit@0.1.png",
+        "photo-sdedit@0.5.png",
     ]
     assert all(_size(out / name) == (20, 16) for name in written)
     assert _digests(folder) == before  # inputs untouched
@@ -76,7 +76,7 @@ def test_sdedit_same_seed_same_files_and_one_step(folder, tmp_path, tiny_model_d
                 photo,
                 "-o",
                 out,
-                "--steps",
+                "--num-inference-steps",
                 "3",
                 "--strength",
                 "0.4",
@@ -86,24 +86,32 @@ def test_sdedit_same_seed_same_files_and_one_step(folder, tmp_path, tiny_model_d
             )
             == 0
         )
-        runs.append((out / "photo-sdedit-0.4.png").read_bytes())
+        runs.append((out / "photo-sdedit@0.4.png").read_bytes())
     assert runs[0] == runs[1]
     out = tmp_path / "one-step"
     assert (
         _mimic("sdedit", photo, "-o", out, "--one-step", "--strength", "0.2", model=tiny_model_dir)
         == 0
     )
-    assert _size(out / "photo-onestep-0.2.png") == (20, 16)
+    assert _size(out / "photo-onestep@0.2.png") == (20, 16)
 
 
 def test_inpaint_with_generated_mask_keeps_the_middle(folder, tmp_path, tiny_model_dir):
     out = tmp_path / "out"
     photo = folder / "photo.png"
     code = _mimic(
-        "inpaint", photo, "-o", out, "--mask", "border", "--steps", "2", model=tiny_model_dir
+        "inpaint",
+        photo,
+        "-o",
+        out,
+        "--mask",
+        "border",
+        "--num-inference-steps",
+        "2",
+        model=tiny_model_dir,
     )
     assert code == 0
-    with Image.open(out / "photo-inpaint.png") as result, Image.open(photo) as original:
+    with Image.open(out / "photo-inpaint-border.png") as result, Image.open(photo) as original:
         result, original = np.asarray(result), np.asarray(original.convert("RGB"))
     assert np.array_equal(result[4:12, 5:15], original[4:12, 5:15])  # the kept centre box
     assert not np.array_equal(result, original)
@@ -122,14 +130,17 @@ def test_inpaint_mask_file_of_the_wrong_size_fails_that_file_only(
         out,
         "--mask",
         tmp_path / "mask.png",
-        "--steps",
+        "--num-inference-steps",
         "2",
         model=tiny_model_dir,
     )
     stderr = capsys.readouterr().err
     assert code == 1
     assert "square.png" in stderr and "mask must have shape" in stderr
-    assert sorted(p.name for p in out.iterdir()) == ["art-inpaint.png", "photo-inpaint.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "art-inpaint-file.png",
+        "photo-inpaint-file.png",
+    ]
 
 
 def test_textual_inversion_learns_from_the_readable_images_and_generates(
@@ -143,7 +154,7 @@ def test_textual_inversion_learns_from_the_readable_images_and_generates(
         out,
         "--train-steps",
         "2",
-        "--steps",
+        "--num-inference-steps",
         "2",
         "--num-images",
         "2",
@@ -183,26 +194,18 @@ def test_usage_errors_exit_2_before_any_work(
 
 @pytest.mark.parametrize("value", ["0", "0.1,1.5", "a"])
 def test_bad_strength_is_a_usage_error(folder, tmp_path, tiny_model_dir, capsys, value):
-    with pytest.raises(SystemExit) as exit_info:
-        _mimic(
-            "sdedit",
-            folder / "photo.png",
-            "-o",
-            tmp_path / "out",
-            "--strength",
-            value,
-            model=tiny_model_dir,
-        )
-    assert exit_info.value.code == 2
-    assert "--strength" in capsys.readouterr().err
+    code = _mimic(
+        "sdedit",
+        folder / "photo.png",
+        "-o",
+        tmp_path / "out",
+        "--strength",
+        value,
+        model=tiny_model_dir,
+    )
+    assert code == 2
+    assert "strength" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
-
-
-def test_the_mask_names_in_the_help_are_the_generated_masks():
-    from mimicshield.cli.mimic import MASK_NAMES
-    from mimicshield.mimicry import MASKS
-
-    assert sorted(MASK_NAMES) == sorted(MASKS)
 
 
 def test_refuses_to_write_into_an_input_folder(folder, tiny_model_dir, capsys):

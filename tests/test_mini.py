@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from mimicshield import METHODS, Budget, LatentDiffusion, protect
-from mimicshield.io import read_image
+from mimicshield.imagefiles import read_image
 from mimicshield.metrics import latent_shift
 from mimicshield.mimicry import sdedit
 from mimicshield.models import MINI_MODEL_DIR

@@ -10,12 +10,12 @@ import torch
 from PIL import Image
 
 from mimicshield.cli.main import main
-from mimicshield.planning import (
+from mimicshield.models import default_dtypes
+from mimicshield.runtime.memory import (
     FIXED_BYTES,
     GIB,
     MemoryPlanError,
     ModelSize,
-    default_dtypes,
     estimate_bytes,
     parse_memory,
     plan_memory,
@@ -82,8 +82,8 @@ def test_what_cannot_fit_says_what_would():
         )
     message = str(caught.value)
     assert "advdm on 2048×2048" in message and f"{budget / GIB:.1f} GiB" in message
-    assert "--dtype bf16" in message and "encoder-only method" in message
-    assert "images of at most" in message and "--max-memory of at least" in message
+    assert "bf16 precision" in message and "encoder-only method" in message
+    assert "images of at most" in message and "a memory budget of at least" in message
     largest = int(message.split("images of at most ")[1].split("×")[0])
     assert largest % 8 == 0 and 0 < largest < 2048
 
@@ -91,7 +91,7 @@ def test_what_cannot_fit_says_what_would():
 def test_each_draw_through_the_unet_keeps_its_own_activations():
     encoder_only, one, two = (_estimate(unet_backward_draws=draws) for draws in (0, 1, 2))
     assert two - one == pytest.approx(one - encoder_only, rel=1e-6)
-    with pytest.raises(MemoryPlanError, match=r"--noise-samples 1 \(≈"):
+    with pytest.raises(MemoryPlanError, match=r"one noise sample per step \(≈"):
         plan_memory(
             SD15,
             height=512,
@@ -108,7 +108,7 @@ def test_memory_sizes_parse_in_binary_units():
     assert parse_memory("512MiB") == 512 * 2**20
     assert parse_memory("1.5G") == int(1.5 * GIB)
     assert parse_memory("12") == 12 * GIB
-    with pytest.raises(ValueError, match="--max-memory"):
+    with pytest.raises(ValueError, match="8GiB or 512MiB"):
         parse_memory("lots")
 
 

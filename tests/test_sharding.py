@@ -15,15 +15,17 @@ import torch
 from PIL import Image
 
 from mimicshield import METHODS, Budget
-from mimicshield.batch import ProtectionJob, reuse_completed, settings_fingerprint
 from mimicshield.cli.main import main
-from mimicshield.sharding import (
+from mimicshield.filesystem import file_sha256
+from mimicshield.runtime.jobs import ProtectionJob
+from mimicshield.runtime.processes import shard
+from mimicshield.runtime.records import (
     completed_outputs,
-    file_sha256,
     merge_part_files,
     merge_records,
     part_record_path,
-    shard,
+    reuse_completed,
+    settings_fingerprint,
 )
 
 REPO = Path(__file__).resolve().parents[1]

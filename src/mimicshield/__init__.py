@@ -8,6 +8,7 @@ from .budget import Budget, BudgetError
 from .methods import METHODS, ProtectionMethod
 from .models import DEFAULT_MODEL, LatentDiffusion, ModelUnavailableError
 from .protect import protect
+from .runtime import RunOptions, RunSummary, protect_files
 
 try:
     __version__ = version("mimicshield")
@@ -22,6 +23,9 @@ __all__ = [
     "LatentDiffusion",
     "ModelUnavailableError",
     "ProtectionMethod",
+    "RunOptions",
+    "RunSummary",
     "protect",
+    "protect_files",
     "__version__",
 ]

@@ -8,12 +8,11 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..acceleration import SpeedOptions
-from ..benchmark import REFERENCE_METHOD, BenchConfig, format_table, run_benchmark
-from ..environment import versions
 from ..methods import METHODS
-from ..models import DTYPES, ModelUnavailableError
-from .options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail
+from ..models import DTYPES, versions
+from ..runtime.benchmark import REFERENCE_METHOD, BenchConfig, format_table, run_benchmark
+from ..runtime.speed import SpeedOptions
+from .options import EXIT_OK, CommandError, comma_list
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -63,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = BenchConfig(
             model=args.model,
-            methods=_names(args.methods),
+            methods=tuple(comma_list(args.methods, "--methods")),
             resolutions=_integers(args.resolution, "--resolution"),
             batch_sizes=_integers(args.batch_size, "--batch-size"),
             dtypes=_dtypes(args.dtype),
@@ -77,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
             ),
         )
     except ValueError as error:
-        return fail(str(error), EXIT_USAGE)
+        raise CommandError(str(error)) from None
 
     def on_row(row: dict[str, object]) -> None:
         print(
@@ -86,10 +85,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
-    try:
-        rows = run_benchmark(config, on_row=on_row)
-    except ModelUnavailableError as error:
-        return fail(str(error), EXIT_FAILED)
+    rows = run_benchmark(config, on_row=on_row)
     print(format_table(rows, REFERENCE_METHOD))
     if args.output is not None:
         report = {
@@ -105,22 +101,18 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
 def _integers(text: str, option: str) -> tuple[int, ...]:
     try:
-        return tuple(int(part) for part in _names(text))
+        return tuple(int(part) for part in comma_list(text, option))
     except ValueError:
-        raise ValueError(
+        raise CommandError(
             f"{option} takes whole numbers separated by commas, got '{text}'"
         ) from None
 
 
 def _dtypes(text: str) -> tuple[str, ...]:
-    names = _names(text)
+    names = tuple(comma_list(text, "--dtype"))
     unknown = [name for name in names if name not in DTYPES]
     if unknown:
-        raise ValueError(f"--dtype must be among {', '.join(DTYPES)}, got {', '.join(unknown)}")
+        raise CommandError(f"--dtype must be among {', '.join(DTYPES)}, got {', '.join(unknown)}")
     return names

@@ -11,19 +11,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .. import Budget, LatentDiffusion, ModelUnavailableError
-from ..evaluation import (
-    Evaluation,
-    EvaluationPlan,
-    SDEditScenario,
-    plan_record,
-    write_report,
-)
+from .. import Budget
+from ..evaluation import Evaluation, EvaluationPlan, plan_record, write_report
 from ..evaluation.report import method_summary
-from ..io import read_image
+from ..imagefiles import read_image
 from ..metrics import load_metrics
+from ..mimicry import SDEditScenario
 from ..purify import parse_purifier
-from .options import EXIT_FAILED, EXIT_OK, fail, model_notes
+from .options import EXIT_OK, load_model, model_notes
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 STRENGTH = 0.3
@@ -43,13 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        model = LatentDiffusion.from_pretrained(args.model, device="cpu", dtype="fp32")
-    except ModelUnavailableError as error:
-        return fail(str(error), EXIT_FAILED)
+    model = load_model(args, device="cpu", dtype="fp32")
     notes = model_notes(model) or [f"model: {model.name}"]
-    for note in notes:
-        print(f"note: {note}")
     images = [read_image(path) for path in sorted(SAMPLES.glob("*.png"))]
     plan = EvaluationPlan(
         methods=("sds-", "advdm", "photoguard", "noise"),

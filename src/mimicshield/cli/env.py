@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..environment import devices, versions
+from ..models import devices, versions
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

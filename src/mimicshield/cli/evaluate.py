@@ -8,23 +8,30 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .. import Budget, BudgetError, LatentDiffusion, ModelUnavailableError
-from ..batch import InputError, collect_inputs
-from ..evaluation import (
+from .. import Budget
+from ..evaluation import Evaluation, EvaluationPlan, plan_record, write_report
+from ..imagefiles import ImageFileError, read_image
+from ..metrics import DEFAULT_CLIP_MODEL, load_metrics
+from ..mimicry import (
+    REFERENCE_STRENGTHS,
     SCENARIOS,
-    Evaluation,
-    EvaluationPlan,
     InpaintScenario,
     SDEditScenario,
     TextualInversionScenario,
-    plan_record,
-    write_report,
 )
-from ..io import ImageFileError, read_image
-from ..metrics import DEFAULT_CLIP_MODEL, load_metrics
-from ..mimicry import REFERENCE_STRENGTHS
 from ..purify import parse_purifier
-from .options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_model_options, fail, model_notes
+from ..runtime.files import collect_inputs
+from .options import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandError,
+    add_model_options,
+    comma_list,
+    load_model,
+    model_notes,
+    number_list,
+)
 
 #: Below this many images per set, Fréchet distances are dominated by estimation noise.
 SMALL_SET = 50
@@ -67,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="SDEdit strengths (default: %(default)s)",
     )
     parser.add_argument(
-        "--mimic-steps",
+        "--num-inference-steps",
         type=int,
         default=100,
         help="DDIM steps of SDEdit and inpainting (default: 100)",
@@ -76,12 +83,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-one-step", action="store_true", help="skip the one-step x̂₀ reconstructions"
     )
     parser.add_argument("--inpaint-mask", default="border", help="border, center or strokes")
-    parser.add_argument("--ti-steps", type=int, default=500, help="textual inversion steps")
-    parser.add_argument("--ti-images", type=int, default=4, help="images generated per token")
+    parser.add_argument(
+        "--train-steps", type=int, default=500, help="textual inversion training steps"
+    )
+    parser.add_argument("--num-images", type=int, default=4, help="images generated per token")
     parser.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, help="CLIP for clip/fd_clip")
     parser.add_argument("--eps", type=float, default=16, help="L∞ budget, 0–255 units")
     parser.add_argument("--step-size", type=float, default=1, help="PGD step, 0–255 units")
-    parser.add_argument("--steps", type=int, default=100, help="PGD steps")
+    parser.add_argument("--steps", type=int, default=100, help="protection (PGD) steps")
     parser.add_argument("--prompt", default="a photo", help="protection and mimicry prompt")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     add_model_options(parser)
@@ -92,9 +101,9 @@ def run(args: argparse.Namespace) -> int:
     # 1. Settings and inputs, checked before anything heavy.
     try:
         plan = build_plan(args)
-        paths = collect_inputs(args.inputs)
-    except (BudgetError, InputError, ValueError) as error:
-        return fail(str(error), EXIT_USAGE)
+    except ValueError as error:  # a bad name or value, named in the message
+        raise CommandError(str(error)) from None
+    paths = collect_inputs(args.inputs)
     images, failed = [], 0
     for path in paths:
         try:
@@ -103,18 +112,19 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {error}", file=sys.stderr)
             failed += 1
     if not images:
-        return fail("none of the inputs could be read", EXIT_USAGE)
+        raise CommandError("none of the inputs could be read", EXIT_USAGE)
 
     # 2. Model and metrics.
+    model = load_model(args)
     try:
-        model = LatentDiffusion.from_pretrained(args.model, device=args.device, dtype=args.dtype)
         metrics = load_metrics(
-            _split(args.metrics), model=model, device=model.device, clip_model=args.clip_model
+            comma_list(args.metrics, "--metrics"),
+            model=model,
+            device=model.device,
+            clip_model=args.clip_model,
         )
-    except ModelUnavailableError as error:
-        return fail(str(error), EXIT_FAILED)
     except ValueError as error:
-        return fail(str(error), EXIT_USAGE)
+        raise CommandError(str(error)) from None
     notes = model_notes(model)
     notes += [f"metric '{skip.metric}' skipped: {skip.reason}" for skip in metrics.skipped]
     if metrics.sets and len(images) < SMALL_SET:
@@ -122,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
             f"FD over {len(images)} images per set is far too few to mean much (FID is usually "
             "reported over thousands); read it as a rough indication only."
         )
-    for note in notes:
+    for note in notes[len(model_notes(model)) :]:  # load_model printed the model's own
         print(f"note: {note}", file=sys.stderr)
 
     # 3. The grid, written as it goes, then the report.
@@ -135,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
             )
             store = evaluation.run()
     except ValueError as error:
-        return fail(str(error), EXIT_FAILED)
+        raise CommandError(str(error), EXIT_FAILED) from None
     report = write_report(
         args.output, store, title="mimicshield evaluation", notes=notes, plan_json=plan_record(plan)
     )
@@ -144,45 +154,35 @@ def run(args: argparse.Namespace) -> int:
 
 
 def build_plan(args: argparse.Namespace) -> EvaluationPlan:
-    """The plan from the command line; raises ValueError/BudgetError naming a bad value."""
-    unknown = [name for name in _split(args.scenarios) if name not in SCENARIOS]
+    """The plan from the command line.
+
+    Raises:
+        CommandError, BudgetError, ValueError: a bad value, named in the message.
+    """
+    names = comma_list(args.scenarios, "--scenarios")
+    unknown = [name for name in names if name not in SCENARIOS]
     if unknown:
-        raise ValueError(
+        raise CommandError(
             f"unknown scenario {', '.join(map(repr, unknown))}; known: {', '.join(SCENARIOS)}"
         )
     scenarios = {
         "sdedit": lambda: SDEditScenario(
-            strengths=_strengths(args.strengths),
-            num_inference_steps=args.mimic_steps,
+            strengths=tuple(number_list(args.strengths, "--strengths")),
+            num_inference_steps=args.num_inference_steps,
             one_step=not args.no_one_step,
         ),
         "inpaint": lambda: InpaintScenario(
-            mask=args.inpaint_mask, num_inference_steps=args.mimic_steps
+            mask=args.inpaint_mask, num_inference_steps=args.num_inference_steps
         ),
         "textual-inversion": lambda: TextualInversionScenario(
-            steps=args.ti_steps, num_images=args.ti_images
+            steps=args.train_steps, num_images=args.num_images
         ),
     }
     return EvaluationPlan(
-        methods=tuple(_split(args.methods)),
-        purifiers=tuple(parse_purifier(name) for name in _split(args.purify)),
-        scenarios=tuple(scenarios[name]() for name in _split(args.scenarios)),
+        methods=tuple(comma_list(args.methods, "--methods")),
+        purifiers=tuple(parse_purifier(name) for name in comma_list(args.purify, "--purify")),
+        scenarios=tuple(scenarios[name]() for name in names),
         budget=Budget.from_255(args.eps, args.step_size, args.steps),
         prompt=args.prompt,
         seed=args.seed,
     )
-
-
-def _strengths(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(part) for part in _split(text))
-    except ValueError:
-        raise ValueError(f"--strengths must be numbers separated by commas, got '{text}'") from None
-    bad = [value for value in values if not 0 < value <= 1]
-    if bad or not values:
-        raise ValueError(f"SDEdit strengths must lie in (0, 1], got {text}")
-    return values
-
-
-def _split(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]

@@ -7,7 +7,10 @@ import importlib
 import logging
 import sys
 
-from .. import __version__
+from .. import BudgetError, ModelUnavailableError, __version__
+from ..imagefiles import ImageFileError
+from ..runtime import InputError, MemoryPlanError
+from .options import EXIT_FAILED, EXIT_USAGE, CommandError, print_error
 
 #: Subcommand modules, each with ``register(subparsers)``; imported when the parser is built, after
 #: the libraries have been quieted (some of them warn at import time).
@@ -29,7 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse, run the subcommand, and return its exit code (0 ok, 1 some work failed, 2 usage)."""
+    """Parse, run the subcommand, and return its exit code (0 ok, 1 some work failed, 2 usage).
+
+    Errors that end a command are reported here, once: ``CommandError`` with its code, a missing
+    model or device (1), and inputs, budgets or memory limits that cannot be used (2). Files that
+    fail inside a run are reported by the command and never end it.
+    """
     arguments = sys.argv[1:] if argv is None else argv
     verbose = "-v" in arguments or "--verbose" in arguments
     logging.basicConfig(
@@ -39,7 +47,17 @@ def main(argv: list[str] | None = None) -> int:
     if not verbose:
         _quiet_libraries()
     args = build_parser().parse_args(arguments)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except CommandError as error:
+        print_error(str(error))
+        return error.code
+    except ModelUnavailableError as error:  # weights or device missing: the one sentence
+        print_error(str(error))
+        return EXIT_FAILED
+    except (BudgetError, InputError, ImageFileError, MemoryPlanError) as error:
+        print_error(str(error))
+        return EXIT_USAGE
 
 
 def _quiet_libraries() -> None:

@@ -1,29 +1,33 @@
 """``mimicshield mimic {sdedit,inpaint,textual-inversion} INPUT... --output DIR``: simulate mimicry.
 
-Runs one mimicry scenario on image files and writes the results as PNG files beside nothing the
-user gave (the output folder may not hold inputs). A file that cannot be read or processed is
-reported and the others go on; the exit code is 1 if any failed.
+Runs the library's mimicry scenarios (the same objects ``mimicshield evaluate`` runs) on image
+files and writes the results as PNG files into the output folder, which may not hold inputs. A
+file that cannot be read or processed is reported and the others go on; the exit code is 1 if any
+failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from .. import LatentDiffusion, ModelUnavailableError
-from ..batch import InputError, collect_inputs, plan_outputs
-from ..io import ImageFileError, LoadedImage, read_image, read_mask, write_image
-from .options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_model_options, fail, model_notes
-
-#: Names of the generated masks (``mimicry.MASKS``; listed here so --help needs no pipelines).
-MASK_NAMES = ("border", "center", "strokes")
-#: Per-file work: image (1, 3, H, W), seed, model → {output name suffix: (1, 3, H, W) result}.
-FileWork = Callable[[torch.Tensor, int, LatentDiffusion], dict[str, torch.Tensor]]
+from ..imagefiles import ImageFileError, LoadedImage, read_image, read_mask, write_png
+from ..mimicry import (
+    MASKS,
+    OBJECT_TEMPLATES,
+    STYLE_TEMPLATES,
+    InpaintScenario,
+    Scenario,
+    SDEditScenario,
+    TextualInversionConfig,
+    textual_inversion,
+)
+from ..runtime import collect_inputs, plan_outputs
+from .options import EXIT_FAILED, EXIT_OK, CommandError, add_model_options, load_model, number_list
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,10 +48,13 @@ def _common_options(parser: argparse.ArgumentParser, *, prompt: str, steps: int,
     parser.add_argument("-o", "--output", required=True, type=Path, help="folder for the results")
     parser.add_argument("--prompt", default=prompt, help=f"text condition (default: {prompt!r})")
     parser.add_argument(
-        "--steps", type=int, default=steps, help=f"DDIM steps of the sampler (default: {steps})"
+        "--num-inference-steps",
+        type=int,
+        default=steps,
+        help=f"DDIM steps of the sampler (default: {steps})",
     )
     parser.add_argument(
-        "--guidance",
+        "--guidance-scale",
         type=float,
         default=guidance,
         help=f"classifier-free guidance scale; 1 means none (default: {guidance:g})",
@@ -61,13 +68,13 @@ def _register_sdedit(scenarios: argparse._SubParsersAction) -> None:
         "sdedit",
         help="noise part of the way and denoise (img2img)",
         description="SDEdit: noise each image's latent to a fraction (strength) of the DDIM "
-        "schedule and denoise it. Writes STEM-sdedit-STRENGTH.png (or STEM-onestep-STRENGTH.png).",
+        "schedule and denoise it. Writes STEM-sdedit@STRENGTH.png (or STEM-onestep@STRENGTH.png), "
+        "the variant names of `mimicshield evaluate`.",
     )
     _common_options(parser, prompt="a photo", steps=100, guidance=1.0)
     parser.add_argument(
         "--strength",
-        type=_strengths,
-        default=(0.3,),
+        default="0.3",
         help="strength in (0, 1], or several separated by commas; the reference grid is "
         "0.01,0.05,0.1,0.2,0.3,0.5 (default: 0.3)",
     )
@@ -85,14 +92,14 @@ def _register_inpaint(scenarios: argparse._SubParsersAction) -> None:
         help="repaint a masked region, keep the rest",
         description="Inpainting: with an SD inpainting model as --model (9-channel UNet) or, for a "
         "base model, by latent blending. Pixels outside the mask are kept exactly. Writes "
-        "STEM-inpaint.png.",
+        "STEM-inpaint-MASK.png (MASK: the generated mask's name, or 'file').",
     )
     _common_options(parser, prompt="a photo", steps=100, guidance=7.5)
     parser.add_argument(
         "--mask",
         default="border",
         help="mask image (white = repaint, same size as the images) or a generated mask: "
-        f"{', '.join(MASK_NAMES)} (default: border, which keeps the middle and repaints around it)",
+        f"{', '.join(MASKS)} (default: border, which keeps the middle and repaints around it)",
     )
     parser.set_defaults(run=_run_inpaint)
 
@@ -140,90 +147,43 @@ def _register_textual_inversion(scenarios: argparse._SubParsersAction) -> None:
 
 
 def _run_sdedit(args: argparse.Namespace) -> int:
-    # The pipelines are imported only when a scenario runs: `mimicshield --help` stays fast.
-    from ..mimicry import one_step_reconstruction, sdedit
-
-    if args.steps < 1:
-        return fail(f"--steps must be at least 1, got {args.steps}", EXIT_USAGE)
-
-    def work(image: torch.Tensor, seed: int, model: LatentDiffusion) -> dict[str, torch.Tensor]:
-        results = {}
-        for strength in args.strength:
-            # A fresh generator per strength: each result is what a run of that strength alone
-            # would give.
-            generator = torch.Generator().manual_seed(seed)
-            if args.one_step:
-                edited = one_step_reconstruction(
-                    model, image, prompt=args.prompt, strength=strength, generator=generator
-                )
-                results[f"onestep-{strength:g}"] = edited
-            else:
-                edited = sdedit(
-                    model,
-                    image,
-                    prompt=args.prompt,
-                    strength=strength,
-                    num_inference_steps=args.steps,
-                    guidance_scale=args.guidance,
-                    generator=generator,
-                )
-                results[f"sdedit-{strength:g}"] = edited
-        return results
-
-    return _run_per_file(args, work)
+    scenario = _scenario(
+        lambda: SDEditScenario(
+            strengths=tuple(number_list(args.strength, "--strength")),
+            num_inference_steps=args.num_inference_steps,
+            guidance_scale=args.guidance_scale,
+            one_step=args.one_step,
+            multi_step=not args.one_step,
+        )
+    )
+    return _run_per_file(args, scenario)
 
 
 def _run_inpaint(args: argparse.Namespace) -> int:
-    from ..mimicry import MASKS, inpaint
-
-    if args.steps < 1:
-        return fail(f"--steps must be at least 1, got {args.steps}", EXIT_USAGE)
-    file_mask = None
+    mask_image = None
     if args.mask not in MASKS:
         try:
-            file_mask = read_mask(args.mask)
+            mask_image = read_mask(args.mask)
         except ImageFileError as error:
-            return fail(
-                f"--mask must be one of {', '.join(MASKS)} or a readable image: {error}",
-                EXIT_USAGE,
-            )
-
-    def work(image: torch.Tensor, seed: int, model: LatentDiffusion) -> dict[str, torch.Tensor]:
-        generator = torch.Generator().manual_seed(seed)
-        height, width = image.shape[-2:]
-        # A mask of the wrong size raises ValueError naming both sizes: reported for this file.
-        mask = (
-            file_mask
-            if file_mask is not None
-            else MASKS[args.mask](height, width, generator=generator)
+            raise CommandError(
+                f"--mask must be one of {', '.join(MASKS)} or a readable image: {error}"
+            ) from None
+    scenario = _scenario(
+        lambda: InpaintScenario(
+            mask=args.mask if mask_image is None else "border",
+            num_inference_steps=args.num_inference_steps,
+            guidance_scale=args.guidance_scale,
+            mask_image=mask_image,
         )
-        repainted = inpaint(
-            model,
-            image,
-            mask,
-            prompt=args.prompt,
-            num_inference_steps=args.steps,
-            guidance_scale=args.guidance,
-            generator=generator,
-        )
-        return {"inpaint": repainted}
-
-    return _run_per_file(args, work)
+    )
+    return _run_per_file(args, scenario)
 
 
 def _run_textual_inversion(args: argparse.Namespace) -> int:
-    from ..mimicry import (
-        OBJECT_TEMPLATES,
-        STYLE_TEMPLATES,
-        TextualInversionConfig,
-        generate,
-        learn_token,
-    )
-
     # 1. Everything that can be checked without a model.
     templates = {"style": STYLE_TEMPLATES, "object": OBJECT_TEMPLATES}[args.templates]
-    try:
-        config = TextualInversionConfig(
+    config = _scenario(
+        lambda: TextualInversionConfig(
             placeholder=args.placeholder,
             initializer=args.initializer,
             steps=args.train_steps,
@@ -231,64 +191,58 @@ def _run_textual_inversion(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             templates=templates,
         )
-        if "{}" not in args.prompt:
-            raise ValueError(
-                f"--prompt must contain {{}} for the learned token, got {args.prompt!r}"
-            )
-        for value, name in ((args.steps, "--steps"), (args.num_images, "--num-images")):
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
-        inputs = collect_inputs(args.inputs)
-        plan_outputs(inputs, args.output, "png")
-    except (InputError, ValueError) as error:
-        return fail(str(error), EXIT_USAGE)
+    )
+    if "{}" not in args.prompt:
+        raise CommandError(f"--prompt must contain {{}} for the learned token, got {args.prompt!r}")
+    for value, name in (
+        (args.num_inference_steps, "--num-inference-steps"),
+        (args.num_images, "--num-images"),
+    ):
+        if value < 1:
+            raise CommandError(f"{name} must be at least 1, got {value}")
+    inputs = collect_inputs(args.inputs)
+    plan_outputs(inputs, args.output, "png")
 
     # 2. The training set: every readable image, all of one size.
     loaded, failed = _read_all(inputs)
     if not loaded:
-        return fail("no readable input image to learn from", EXIT_FAILED)
+        raise CommandError("no readable input image to learn from", EXIT_FAILED)
     sizes = {item.size for item in loaded}
     if len(sizes) > 1:
         listing = "; ".join(
             f"{w}×{h}: {', '.join(i.path.name for i in loaded if i.size == (h, w))}"
             for h, w in sorted(sizes)
         )
-        return fail(f"textual inversion needs images of one size, got {listing}", EXIT_USAGE)
+        raise CommandError(f"textual inversion needs images of one size, got {listing}")
     images = torch.stack([item.pixels for item in loaded])
 
-    # 3. The model, learning with a progress bar, then generation.
-    model = _load_model(args)
-    if model is None:
-        return EXIT_FAILED
-    generator = torch.Generator().manual_seed(args.seed)
+    # 3. The model; learning with a progress bar, then generation.
+    model = load_model(args)
     with tqdm(total=config.steps, unit="step", desc="textual inversion") as bar:
 
         def on_step(step: int, steps: int, loss: float) -> None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
 
-        token = learn_token(model, images, config, generator=generator, callback=on_step)
-    generated = generate(
-        model,
-        token,
-        prompt=args.prompt,
-        num_images=args.num_images,
-        height=images.shape[-2],
-        width=images.shape[-1],
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance,
-        generator=generator,
-    ).cpu()
+        generated, token = textual_inversion(
+            model,
+            images,
+            config=config,
+            prompt=args.prompt,
+            num_images=args.num_images,
+            num_inference_steps=args.num_inference_steps,
+            guidance_scale=args.guidance_scale,
+            generator=torch.Generator().manual_seed(args.seed),
+            callback=on_step,
+        )
 
     # 4. Write the images and the embedding.
     args.output.mkdir(parents=True, exist_ok=True)
     token.save(args.output / "learned-embedding.safetensors")
     for index, pixels in enumerate(generated):
         path = args.output / f"textual-inversion-{index:03d}.png"
-        # Generated images carry no metadata of any input; the source only names the first.
-        plain = LoadedImage(loaded[0].path, pixels, None, None, None, "RGB")
         try:
-            write_image(path, _levels(pixels), plain)
+            write_png(path, pixels)
         except ImageFileError as error:
             failed.append(str(error))
             print(f"error: {error}", file=sys.stderr)
@@ -304,26 +258,38 @@ def _run_textual_inversion(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------- helpers
 
 
-def _run_per_file(args: argparse.Namespace, work: FileWork) -> int:
-    """Read each input, run ``work`` on it, write one PNG per result; report, don't stop."""
+def _scenario(build):
+    """The scenario or configuration ``build()`` makes; its ValueError is a usage error."""
     try:
-        inputs = collect_inputs(args.inputs)
-        outputs = plan_outputs(inputs, args.output, "png")
-    except InputError as error:
-        return fail(str(error), EXIT_USAGE)
-    model = _load_model(args)
-    if model is None:
-        return EXIT_FAILED
+        return build()
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+
+
+def _run_per_file(args: argparse.Namespace, scenario: Scenario) -> int:
+    """Run ``scenario`` on each input alone; write STEM-VARIANT.png per output; report, go on.
+
+    Each file gets a generator seeded with ``--seed``, so its results do not depend on the other
+    files of the run.
+    """
+    inputs = collect_inputs(args.inputs)
+    outputs = plan_outputs(inputs, args.output, "png")
+    model = load_model(args)
     args.output.mkdir(parents=True, exist_ok=True)
 
     failures = 0
     for path in inputs:
         try:
             item = read_image(path)
-            results = work(item.pixels.unsqueeze(0), args.seed, model)
-            for suffix, pixels in results.items():
-                target = outputs[path].with_name(f"{outputs[path].stem}-{suffix}.png")
-                write_image(target, _levels(pixels[0].cpu()), item)
+            results = scenario.run(
+                model,
+                item.pixels.unsqueeze(0),
+                prompt=args.prompt,
+                generator=torch.Generator().manual_seed(args.seed),
+            )
+            for variant, pixels in results.items():
+                target = outputs[path].with_name(f"{outputs[path].stem}-{variant}.png")
+                write_png(target, pixels[0])
                 print(f"  {target}")
         except ImageFileError as error:  # its message names the file
             failures += 1
@@ -335,15 +301,6 @@ def _run_per_file(args: argparse.Namespace, work: FileWork) -> int:
     return EXIT_FAILED if failures else EXIT_OK
 
 
-def _strengths(text: str) -> tuple[float, ...]:
-    """'0.1,0.3' → (0.1, 0.3), each in (0, 1] (argparse reports the ValueError as a usage error)."""
-    values = tuple(float(part) for part in text.split(","))
-    for value in values:
-        if not 0 < value <= 1:
-            raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value:g}")
-    return values
-
-
 def _read_all(inputs: list[Path]) -> tuple[list[LoadedImage], list[str]]:
     loaded, failed = [], []
     for path in inputs:
@@ -353,19 +310,3 @@ def _read_all(inputs: list[Path]) -> tuple[list[LoadedImage], list[str]]:
             failed.append(str(error))
             print(f"error: {error}", file=sys.stderr)
     return loaded, failed
-
-
-def _load_model(args: argparse.Namespace) -> LatentDiffusion | None:
-    try:
-        model = LatentDiffusion.from_pretrained(args.model, device=args.device, dtype=args.dtype)
-    except ModelUnavailableError as error:
-        fail(str(error), EXIT_FAILED)
-        return None
-    for note in model_notes(model):
-        print(f"note: {note}", file=sys.stderr)
-    return model
-
-
-def _levels(pixels: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) in [0, 1] → 8-bit levels (3, H, W) uint8, rounded to nearest."""
-    return (pixels.float() * 255).round().clamp(0, 255).to(torch.uint8)

@@ -1,4 +1,4 @@
-"""What the subcommands share: model options, model notes, exit codes and error messages."""
+"""What the subcommands share: model options and loading, list parsing, exit codes, errors."""
 
 from __future__ import annotations
 
@@ -9,6 +9,38 @@ from ..models import DEFAULT_MODEL, DTYPES, LatentDiffusion
 
 #: Exit codes: all done; some work failed (a file, a missing model); the command line was wrong.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class CommandError(Exception):
+    """A subcommand cannot go on; ``main`` prints the message once and exits with ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def comma_list(text: str, what: str) -> list[str]:
+    """``"a,b, c"`` → ``["a", "b", "c"]``.
+
+    Raises:
+        CommandError: the list is empty (``what`` names the option in the message).
+    """
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise CommandError(f"{what} needs at least one name, got '{text}'")
+    return items
+
+
+def number_list(text: str, what: str) -> list[float]:
+    """``"0.1,0.3"`` → ``[0.1, 0.3]``.
+
+    Raises:
+        CommandError: an item is not a number.
+    """
+    try:
+        return [float(item) for item in comma_list(text, what)]
+    except ValueError:
+        raise CommandError(f"{what} takes numbers separated by commas, got '{text}'") from None
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, auto_dtype: bool = False) -> None:
@@ -55,7 +87,20 @@ def model_notes(model: LatentDiffusion) -> list[str]:
     return []
 
 
-def fail(message: str, code: int) -> int:
-    """Print ``message`` as the command's error and return ``code`` for ``main`` to exit with."""
+def load_model(args: argparse.Namespace, *, device=None, dtype: str | None = None):
+    """The model of ``--model``/``--device``/``--dtype``, with its notes printed to stderr.
+
+    Raises:
+        ModelUnavailableError: weights missing (``main`` prints the one sentence, exit 1).
+    """
+    model = LatentDiffusion.from_pretrained(
+        args.model, device=device or args.device, dtype=dtype or args.dtype
+    )
+    for note in model_notes(model):
+        print(f"note: {note}", file=sys.stderr)
+    return model
+
+
+def print_error(message: str) -> None:
+    """The one way a command reports an error."""
     print(f"mimicshield: error: {message}", file=sys.stderr)
-    return code

@@ -29,14 +29,14 @@ import torch
 from PIL import Image
 
 from ..budget import Budget, quantise_within_budget
-from ..io import LoadedImage, read_back
+from ..imagefiles import LoadedImage, read_back
 from ..methods import METHODS
 from ..metrics import LoadedMetrics
+from ..mimicry import Scenario
 from ..models import LatentDiffusion
 from ..protect import protect
 from ..purify import Purifier
 from .results import KEY_COLUMNS, ResultsStore
-from .scenarios import Scenario
 
 logger = logging.getLogger(__name__)
 

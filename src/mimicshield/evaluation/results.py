@@ -8,10 +8,12 @@ on an existing folder knows which keys are done.
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
+
+from ..filesystem import atomic_write_text
 
 #: The columns that identify a row; everything else in a row is a measurement.
 KEY_COLUMNS = ("method", "purifier", "scenario", "variant", "image")
@@ -57,19 +59,12 @@ class ResultsStore:
 
     def _write(self) -> None:
         document = {"fingerprint": self.fingerprint, "rows": self.rows}
-        _atomic_write(self.json_path, json.dumps(document, indent=1, default=str))
+        atomic_write_text(self.json_path, json.dumps(document, indent=1, default=str))
         columns = list(KEY_COLUMNS)
         for row in self.rows:
             columns.extend(column for column in row if column not in columns)
-        temporary = self.csv_path.with_name(f".{self.csv_path.name}.partial")
-        with temporary.open("w", newline="") as stream:
-            writer = csv.DictWriter(stream, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(temporary, self.csv_path)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+        table = io.StringIO()
+        writer = csv.DictWriter(table, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.csv_path, table.getvalue())

@@ -9,13 +9,22 @@ comes only from the ``generator`` argument.
 - ``inpaint`` with an SD inpainting model or, for a base model, latent blending; masks from
   ``MASKS`` (``center``, ``border``, ``strokes``) or a file;
 - ``textual_inversion``: ``learn_token`` then ``generate``, the token installed only inside
-  ``installed_token``'s ``with`` block.
+  ``installed_token``'s ``with`` block;
+- ``scenarios``: each of the above as a small frozen configuration with one ``run`` (``SCENARIOS``
+  by name), what ``mimicshield mimic`` and ``mimicshield evaluate`` both run.
 """
 
 from __future__ import annotations
 
 from .inpaint import inpaint, is_inpainting_model
 from .masks import MASKS, border_mask, center_mask, strokes_mask
+from .scenarios import (
+    SCENARIOS,
+    InpaintScenario,
+    Scenario,
+    SDEditScenario,
+    TextualInversionScenario,
+)
 from .sdedit import (
     REFERENCE_STRENGTHS,
     denoising_steps,
@@ -37,6 +46,11 @@ from .textual_inversion import (
 
 __all__ = [
     "MASKS",
+    "SCENARIOS",
+    "InpaintScenario",
+    "Scenario",
+    "SDEditScenario",
+    "TextualInversionScenario",
     "OBJECT_TEMPLATES",
     "REFERENCE_STRENGTHS",
     "STYLE_TEMPLATES",

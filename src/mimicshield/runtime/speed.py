@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .models import LatentDiffusion
+from ..models import LatentDiffusion
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ Levers not chosen by the planner, and why: attention slicing (with SDPA it *adds
 materialises score matrices slice by slice), VAE tiling (the backward pass still keeps every
 tile's activations) and encoder gradient checkpointing (measured on CPU: the peak did not drop,
 because most of the encoder's memory sits in its first, full-resolution block, which is
-recomputed whole). All three remain explicit switches (``acceleration.SpeedOptions``).
+recomputed whole). All three remain explicit switches (``runtime.speed.SpeedOptions``).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from .models import LatentDiffusion
+from ..models import LatentDiffusion
 
 GIB = 2**30
 
@@ -229,13 +229,13 @@ def _what_would_fit(
             **{**smallest, "dtype": "bf16"},
         )
         if half <= budget_bytes:
-            options.append(f"--dtype bf16 (≈ {half / GIB:.1f} GiB)")
+            options.append(f"bf16 precision (≈ {half / GIB:.1f} GiB)")
     if unet_backward_draws > 1:
         one_draw = estimate_bytes(
             size, height=height, width=width, unet_backward_draws=1, **smallest
         )
         if one_draw <= budget_bytes:
-            options.append(f"--noise-samples 1 (≈ {one_draw / GIB:.1f} GiB)")
+            options.append(f"one noise sample per step (≈ {one_draw / GIB:.1f} GiB)")
     if unet_backward_draws:
         encoder_only = estimate_bytes(
             size, height=height, width=width, unet_backward_draws=0, **smallest
@@ -248,7 +248,7 @@ def _what_would_fit(
     side = _largest_square(size, unet_backward_draws, budget_bytes, smallest)
     if side:
         options.append(f"images of at most {side}×{side} pixels (resize first)")
-    options.append(f"--max-memory of at least {need / GIB:.1f}GiB on a device that has it")
+    options.append(f"a memory budget of at least {need / GIB:.1f} GiB on a device that has it")
     return (
         f"{method_name} on {width}×{height} images needs ≈ {need / GIB:.1f} GiB even at batch 1 "
         f"in {leanest}, over the budget of {budget_bytes / GIB:.1f} GiB. Would fit: "
@@ -292,7 +292,7 @@ def parse_memory(text: str) -> int:
     """
     match = _SIZE.match(text)
     if not match:
-        raise ValueError(f"--max-memory takes a size such as 8GiB or 512MiB, got '{text}'")
+        raise ValueError(f"a memory size looks like 8GiB or 512MiB, got '{text}'")
     value, unit = float(match.group(1)), match.group(2).lower() or "g"
     return int(value * 1024 ** "kmgt".index(unit) * 1024)
 
@@ -322,29 +322,3 @@ def _available_ram() -> int:
     except OSError:
         pass
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def default_dtypes(device: torch.device, requested: str) -> tuple[str, ...]:
-    """Precisions to try, in order: the requested one, or for ``auto`` the device's best.
-
-    ``auto``: bf16 on CUDA cards that support it (fast, and the perturbation stays fp32), else
-    fp32. On a CPU with bf16 instructions (AVX512-BF16 or AMX), bf16: measured 2.2× faster than
-    fp32 at SD-1.5 size with half the memory, and as strong on the miniature model
-    (bench/README.md). On other CPUs bf16 is emulated and slow, so fp32 first and bf16 only as a
-    fallback when fp32 does not fit.
-    """
-    if requested != "auto":
-        return (requested,)
-    if device.type == "cuda":
-        return ("bf16",) if torch.cuda.is_bf16_supported() else ("fp32",)
-    if device.type == "cpu" and cpu_has_bf16_instructions():
-        return ("bf16",)
-    return ("fp32", "bf16")
-
-
-def cpu_has_bf16_instructions() -> bool:
-    """Whether this CPU computes bf16 natively (x86 AVX512-BF16 or AMX tiles)."""
-    # torch exposes these checks only as private helpers (torch.cpu._is_*_supported, torch ≥ 2.3);
-    # a torch without them is treated as a CPU without bf16 instructions.
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)

@@ -30,11 +30,11 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .acceleration import SpeedOptions, configure
-from .budget import Budget
-from .methods import METHODS
-from .models import LatentDiffusion
-from .protect import protect
+from ..budget import Budget
+from ..methods import METHODS
+from ..models import LatentDiffusion
+from ..protect import protect
+from .speed import SpeedOptions, configure
 
 #: The method the ratio table divides by when it was measured (the recommended one).
 REFERENCE_METHOD = "sds-"

@@ -1,20 +1,25 @@
 """Where this process stands in a run that ``accelerate launch`` spread over processes.
 
 ``accelerate`` is imported only when the environment says several processes were launched, so a
-lone run never pays for it. What the processes do with their place (``sharding.shard``, one
-record part each, ``sharding.merge_part_files`` by the main process) is up to the caller.
+lone run never pays for it. What the processes do with their place (``shard``, one
+record part each, ``records.merge_part_files`` by the main process) is ``run.protect_files``'s
+business.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
-from .models import resolve_device
+from ..models import resolve_device
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -76,3 +81,17 @@ class Processes:
         from accelerate import PartialState
 
         PartialState().wait_for_everyone()
+
+
+def shard(items: Sequence[T], index: int, count: int) -> list[T]:
+    """The share of process ``index`` of ``count``: every ``count``-th item from ``index``.
+
+    Round robin rather than contiguous blocks, so a folder sorted by name (often by size or
+    date) spreads its large images over all processes.
+
+    Raises:
+        ValueError: ``count`` < 1 or ``index`` outside [0, count).
+    """
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"process index must lie in [0, {count}) with count ≥ 1, got {index}")
+    return list(items[index::count])

@@ -8,14 +8,18 @@ input; set scenarios (textual inversion) return outputs that are compared as set
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 
-from ..mimicry import MASKS, TextualInversionConfig, inpaint, one_step_reconstruction, sdedit
-from ..mimicry import textual_inversion as learn_and_generate
 from ..models import LatentDiffusion
+from ._common import check_guidance, check_positive, check_strength
+from .inpaint import inpaint
+from .masks import MASKS
+from .sdedit import one_step_reconstruction, sdedit
+from .textual_inversion import TextualInversionConfig
+from .textual_inversion import textual_inversion as learn_and_generate
 
 
 @dataclass(frozen=True)
@@ -29,9 +33,20 @@ class SDEditScenario:
     num_inference_steps: int = 100
     guidance_scale: float = 1.0  # the reference evaluates without guidance
     one_step: bool = True
+    multi_step: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.strengths:
+            raise ValueError("SDEdit needs at least one strength")
+        for strength in self.strengths:
+            check_strength(strength)
+        check_positive(self.num_inference_steps, "num_inference_steps")
+        check_guidance(self.guidance_scale)
+        if not (self.one_step or self.multi_step):
+            raise ValueError("SDEdit needs one_step or multi_step (or both)")
 
     def variants(self) -> list[str]:
-        multi = [f"sdedit@{strength:g}" for strength in self.strengths]
+        multi = [f"sdedit@{strength:g}" for strength in self.strengths] if self.multi_step else []
         single = [f"onestep@{strength:g}" for strength in self.strengths] if self.one_step else []
         return multi + single
 
@@ -47,15 +62,16 @@ class SDEditScenario:
         outputs = {}
         for strength in self.strengths:
             # Each variant draws from its own seed: adding a strength leaves the others unchanged.
-            outputs[f"sdedit@{strength:g}"] = sdedit(
-                model,
-                images,
-                prompt=prompt,
-                strength=strength,
-                num_inference_steps=self.num_inference_steps,
-                guidance_scale=self.guidance_scale,
-                generator=torch.Generator().manual_seed(seed),
-            )
+            if self.multi_step:
+                outputs[f"sdedit@{strength:g}"] = sdedit(
+                    model,
+                    images,
+                    prompt=prompt,
+                    strength=strength,
+                    num_inference_steps=self.num_inference_steps,
+                    guidance_scale=self.guidance_scale,
+                    generator=torch.Generator().manual_seed(seed),
+                )
             if self.one_step:
                 outputs[f"onestep@{strength:g}"] = one_step_reconstruction(
                     model,
@@ -77,13 +93,17 @@ class InpaintScenario:
     mask: str = "border"
     num_inference_steps: int = 100
     guidance_scale: float = 7.5
+    #: (1, 1, H, W) in [0, 1], 1 = repaint, used instead of a generated mask (``mask`` = "file").
+    mask_image: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.mask not in MASKS:
+        if self.mask_image is None and self.mask not in MASKS:
             raise ValueError(f"mask must be one of {', '.join(MASKS)}, got '{self.mask}'")
+        check_positive(self.num_inference_steps, "num_inference_steps")
+        check_guidance(self.guidance_scale)
 
     def variants(self) -> list[str]:
-        return [f"inpaint-{self.mask}"]
+        return [f"inpaint-{'file' if self.mask_image is not None else self.mask}"]
 
     def run(
         self,
@@ -94,7 +114,11 @@ class InpaintScenario:
         generator: torch.Generator,
     ) -> dict[str, torch.Tensor]:
         seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
-        mask = MASKS[self.mask](*images.shape[-2:], generator=torch.Generator().manual_seed(seed))
+        mask = (
+            self.mask_image
+            if self.mask_image is not None
+            else MASKS[self.mask](*images.shape[-2:], generator=torch.Generator().manual_seed(seed))
+        )
         repainted = inpaint(
             model,
             images,
@@ -104,7 +128,7 @@ class InpaintScenario:
             guidance_scale=self.guidance_scale,
             generator=torch.Generator().manual_seed(seed),
         )
-        return {f"inpaint-{self.mask}": repainted}
+        return {self.variants()[0]: repainted}
 
 
 @dataclass(frozen=True)

@@ -21,48 +21,16 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from . import architectures
+from . import random_weights
+from .devices import ModelUnavailableError, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 #: The miniature model shipped with the package (see weights/mini/README.md): not Stable Diffusion.
-MINI_MODEL_DIR = Path(__file__).parent / "weights" / "mini"
+MINI_MODEL_DIR = Path(__file__).parent.parent / "weights" / "mini"
 #: Names that build a randomly initialised model from a config instead of loading weights.
-RANDOM_MODELS = {"tiny": architectures.TINY, "sd15-random": architectures.SD15}
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-class ModelUnavailableError(RuntimeError):
-    """The requested weights are neither on disk nor reachable."""
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """Map ``auto|cpu|cuda|cuda:N|mps`` to a device, checking that it exists."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelUnavailableError(f"device '{name}' was asked for but CUDA is not available here")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ModelUnavailableError(f"device '{name}' was asked for but MPS is not available here")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise ModelUnavailableError(f"device must be auto, cpu, cuda or mps, got '{name}'")
-    return device
-
-
-def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
-    """Map ``fp32|fp16|bf16`` to a torch dtype."""
-    if isinstance(name, torch.dtype):
-        return name
-    if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got '{name}'")
-    return DTYPES[name]
+RANDOM_MODELS = {"tiny": random_weights.TINY, "sd15-random": random_weights.SD15}
 
 
 @dataclass
@@ -145,7 +113,7 @@ class LatentDiffusion:
             unet = UNet2DConditionModel(**config["unet"])
             text_encoder = CLIPTextModel(CLIPTextConfig(**config["text_encoder"]))
         with tempfile.TemporaryDirectory() as folder:
-            architectures.write_test_tokenizer(folder)
+            random_weights.write_test_tokenizer(folder)
             tokenizer = CLIPTokenizer.from_pretrained(folder)
         scheduler = DDPMScheduler(**config["scheduler"])
         return cls(vae, unet, text_encoder, tokenizer, scheduler, architecture, random_weights=True)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import io
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+from .filesystem import atomic_output
 
 logger = logging.getLogger(__name__)
 
@@ -159,17 +160,32 @@ def write_image(
         options["exif"] = source.exif
     if source.icc_profile:
         options["icc_profile"] = source.icc_profile
-    temporary: str | None = None
     try:
-        handle, temporary = tempfile.mkstemp(
-            prefix=".partial-", suffix=path.suffix, dir=path.parent
-        )
-        with os.fdopen(handle, "wb") as stream:
+        with atomic_output(path) as stream:
             image.save(stream, format=image_format.upper(), **options)
-        os.replace(temporary, path)
     except OSError as error:
-        if temporary is not None:
-            Path(temporary).unlink(missing_ok=True)
+        raise ImageFileError(f"{path}: could not be written ({error.strerror or error})") from None
+
+
+def to_levels(pixels: torch.Tensor) -> torch.Tensor:
+    """Float pixels in [0, 1] → 8-bit levels (same shape, uint8), rounded to the nearest level."""
+    return (pixels.detach().float() * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def write_png(path: str | os.PathLike, pixels: torch.Tensor) -> None:
+    """Write generated RGB pixels (3, H, W) in [0, 1] as a plain 8-bit PNG, atomically.
+
+    For images that come from no input file (mimicry outputs, generated samples): no alpha and
+    no metadata to carry over.
+
+    Raises:
+        ImageFileError: the write failed.
+    """
+    array = to_levels(pixels.cpu()).permute(1, 2, 0).numpy()
+    try:
+        with atomic_output(path) as stream:
+            Image.fromarray(array).save(stream, format="PNG")
+    except OSError as error:
         raise ImageFileError(f"{path}: could not be written ({error.strerror or error})") from None
 
 

@@ -1,0 +1,44 @@
+"""The model adapter: the only package that imports diffusers/transformers model classes.
+
+- ``latent_diffusion``: ``LatentDiffusion``, loading and the operations protection, mimicry and
+  metrics need (encode, decode, embed, noise, predict, target).
+- ``random_weights``: configurations of random-weight models (``tiny`` for tests, ``sd15-random``
+  for benchmarks) and the offline test tokenizer.
+- ``devices``: device and precision choice, and the versions that go into records.
+"""
+
+from __future__ import annotations
+
+from .devices import (
+    DTYPES,
+    ModelUnavailableError,
+    cpu_has_bf16_instructions,
+    default_dtypes,
+    devices,
+    dtype_name,
+    resolve_device,
+    resolve_dtype,
+    versions,
+)
+from .latent_diffusion import (
+    DEFAULT_MODEL,
+    MINI_MODEL_DIR,
+    RANDOM_MODELS,
+    LatentDiffusion,
+)
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "DTYPES",
+    "MINI_MODEL_DIR",
+    "RANDOM_MODELS",
+    "LatentDiffusion",
+    "ModelUnavailableError",
+    "cpu_has_bf16_instructions",
+    "default_dtypes",
+    "devices",
+    "dtype_name",
+    "resolve_device",
+    "resolve_dtype",
+    "versions",
+]

@@ -1,0 +1,92 @@
+"""The files of a run: which inputs a list of paths names, and where each one's copy goes."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from PIL import Image
+
+from ..imagefiles import OUTPUT_FORMATS
+
+logger = logging.getLogger(__name__)
+
+#: Files a folder contributes; files named explicitly are always tried.
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
+
+
+class InputError(ValueError):
+    """The set of inputs or the output folder cannot be used; the message says why."""
+
+
+def collect_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Expand folders into their image files (sorted, not recursive); keep named files as given.
+
+    Raises:
+        InputError: nothing to do (no paths, or folders without images).
+    """
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                logger.warning("%s: folder holds no image files", path)
+            files.extend(found)
+        else:
+            files.append(path)
+    if not files:
+        raise InputError("no input images: the given folders hold no image files")
+    return files
+
+
+def largest_image(paths: Iterable[Path]) -> tuple[int, int] | None:
+    """(H, W) of the input with the most pixels, from the file headers only (fast).
+
+    For memory planning: only the pixel count matters, so EXIF rotation is ignored. Files that
+    cannot be opened are skipped here (they fail with a clear message when read). None if no
+    file could be opened.
+    """
+    largest: tuple[int, int] | None = None
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+        except (OSError, SyntaxError, ValueError):
+            continue
+        if largest is None or height * width > largest[0] * largest[1]:
+            largest = (height, width)
+    return largest
+
+
+def plan_outputs(inputs: list[Path], output_dir: Path, image_format: str) -> dict[Path, Path]:
+    """Map each input to its output path: same stem, the format's suffix, never colliding.
+
+    Raises:
+        InputError: the output folder is a folder that holds inputs (originals could be hit).
+    """
+    if image_format not in OUTPUT_FORMATS:
+        choices = ", ".join(OUTPUT_FORMATS)
+        raise InputError(f"output format must be one of {choices}, got '{image_format}'")
+    resolved_output = output_dir.resolve()
+    for path in inputs:
+        if path.resolve().parent == resolved_output:
+            raise InputError(
+                f"the output folder {output_dir} holds the input {path}; choose another folder "
+                "so that originals are never overwritten"
+            )
+    suffix = OUTPUT_FORMATS[image_format]
+    planned: dict[Path, Path] = {}
+    taken: set[str] = set()
+    for path in inputs:
+        name = path.stem + suffix
+        if name in taken:  # a.jpg and a.png, or the same name in two folders
+            name = path.name + suffix
+            counter = 2
+            while name in taken:
+                name, counter = f"{path.stem}-{counter}{suffix}", counter + 1
+        taken.add(name)
+        planned[path] = output_dir / name
+    return planned

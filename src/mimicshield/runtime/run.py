@@ -1,0 +1,249 @@
+"""``protect_files``: protect a list of image files the way every front end does.
+
+The steps, in order (``protect_files`` reads as them):
+
+1. plan the outputs: one path per input, never an input's folder;
+2. fit the run into memory: the largest batch and the precision the budget allows;
+3. skip what an earlier run with the same settings already protected (resume);
+4. take this process's share when ``accelerate launch`` started several;
+5. protect, quantise within budget, write, read back and verify, file by file, rewriting the
+   JSON record after each file so that a crash loses at most the file in progress;
+6. with several processes, the main one merges their records into one, in input order.
+
+The command line, the web page and the benchmark call this one function, so records, resume and
+failure handling are the same everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..imagefiles import DEFAULT_MAX_PIXELS
+from ..methods import ProtectionMethod
+from ..models import LatentDiffusion, dtype_name, resolve_dtype
+from .files import largest_image, plan_outputs
+from .jobs import FileResult, ProtectionJob, run_job
+from .memory import MemoryPlan, ModelSize, automatic_budget, plan_memory
+from .processes import Processes, shard
+from .records import (
+    completed_outputs,
+    merge_part_files,
+    part_record_path,
+    read_records,
+    reuse_completed,
+    settings_fingerprint,
+    write_record,
+)
+from .speed import SpeedOptions, configure
+
+#: Planned for when no input can be opened (each then fails by name when read).
+_FALLBACK_SIZE = (64, 64)
+
+
+@dataclass
+class RunSummary:
+    """What a ``protect_files`` run did.
+
+    Attributes:
+        results: one per input of the whole run in input order (on the main process; other
+            processes of a sharded run hold only their own share).
+        record_path: the run's JSON record.
+        plan: the memory plan the run used (batch size, precision, estimate).
+        seconds: wall time of the protection loop of this process.
+        process_count: processes that shared the run.
+    """
+
+    results: list[FileResult]
+    record_path: Path
+    plan: MemoryPlan
+    seconds: float
+    process_count: int = 1
+
+    @property
+    def failed(self) -> list[FileResult]:
+        return [result for result in self.results if not result.ok]
+
+    @property
+    def reused(self) -> list[FileResult]:
+        return [result for result in self.results if result.reused]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run over files is carried out (what is computed is the method's business).
+
+    Attributes:
+        seed: each batch starts a generator from this seed (see ``ProtectionJob``).
+        mask: (1, 1, H, W) in [0, 1] where the perturbation may go, or None.
+        image_format: output format, one of ``imagefiles.OUTPUT_FORMATS``.
+        max_pixels: larger inputs are refused by name.
+        max_batch_size: upper bound on images of one size protected together; the memory plan
+            may choose fewer.
+        memory_budget_bytes: memory the run may use per process; None: 85 % of what the
+            device has free, the loaded weights counted.
+        dtypes: precisions the memory plan may choose, in order of preference; None: only the
+            model's own. When it picks another, the model is converted in place.
+        speed: layout and compilation switches applied to the model before the run (in place);
+            None leaves the model as it is.
+        resume: skip inputs that an earlier run into the same folder protected with the same
+            settings (same input bytes, output file still there).
+        record_extra: more fields for the record (e.g. the command line that started the run).
+    """
+
+    seed: int = 0
+    mask: torch.Tensor | None = None
+    image_format: str = "png"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_batch_size: int = 1
+    memory_budget_bytes: int | None = None
+    dtypes: tuple[str, ...] | None = None
+    speed: SpeedOptions | None = None
+    resume: bool = True
+    record_extra: dict[str, object] = field(default_factory=dict)
+
+
+def protect_files(
+    inputs: Sequence[Path],
+    output: Path,
+    method: ProtectionMethod,
+    model: LatentDiffusion,
+    options: RunOptions = RunOptions(),
+    *,
+    processes: Processes | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+    on_file: Callable[[FileResult], None] | None = None,
+) -> RunSummary:
+    """Protect image files into ``output`` and write the run's JSON record there.
+
+    Args:
+        inputs: image files, in the order the record lists them (``files.collect_inputs``).
+        output: folder for the protected copies and the record ``protect-<UTC time>.json``.
+        method: the configured protection method.
+        model: the loaded model (converted or configured in place only as ``options`` say).
+        options: seed, mask, format, memory and resume settings.
+        processes: this process's place in an ``accelerate launch`` run; None: a lone process.
+        on_start: called once with the number of files this process will protect (progress).
+        on_step: called after every PGD step of every batch: (step, steps, objective value).
+        on_file: called as each file finishes (protected, failed or reused-before-start).
+
+    Returns:
+        A ``RunSummary``. Files that fail (unreadable, too large, over budget on disk) are in
+        ``summary.failed`` with a sentence naming the file; they never stop the others.
+
+    Raises:
+        files.InputError: the input list or the output folder cannot be used.
+        memory.MemoryPlanError: not even one image of the largest size fits the memory budget.
+    """
+    inputs = list(inputs)
+    processes = processes or Processes()
+    job = ProtectionJob(
+        method=method,
+        output_dir=output,
+        seed=options.seed,
+        mask=options.mask,
+        image_format=options.image_format,
+        max_pixels=options.max_pixels,
+    )
+
+    # 1. Outputs, planned over the whole run so that every process agrees on names.
+    outputs = plan_outputs(inputs, output, options.image_format)
+
+    # 2. Batch size and precision that fit; the model follows the chosen precision.
+    plan = fit_memory(model, job, inputs, options, processes)
+    if resolve_dtype(plan.dtype) != model.dtype:
+        model.to(model.device, resolve_dtype(plan.dtype))
+    if options.speed is not None:
+        configure(model, options.speed)
+    job = dataclasses.replace(job, batch_size=plan.batch_size)
+
+    # 3. Resume: what an earlier run with the same fingerprint finished stays as it is.
+    fingerprint = settings_fingerprint(job, model.name, model.dtype)
+    completed = completed_outputs(read_records(output), fingerprint) if options.resume else {}
+    reused, remaining = reuse_completed(inputs, outputs, completed)
+
+    # 4. This process's share.
+    mine = shard(remaining, processes.index, processes.count)
+    if on_start is not None:
+        on_start(len(mine))
+
+    # 5. Protect, recording after each file.
+    output.mkdir(parents=True, exist_ok=True)
+    record_path = processes.record_path(output)
+    own_record = (
+        record_path
+        if processes.count == 1
+        else part_record_path(record_path, processes.index, processes.count)
+    )
+    extra = {
+        **options.record_extra,
+        "inputs": [str(path) for path in inputs],
+        "memory_plan": plan.as_record(),
+        "speed": None if options.speed is None else options.speed.as_record(),
+        "processes": processes.count,
+        "resume": options.resume,
+    }
+    results: list[FileResult] = list(reused) if processes.count == 1 else []
+    position = {str(path): rank for rank, path in enumerate(inputs)}
+    write_record(own_record, job, model, results, extra)
+
+    def finish(result: FileResult) -> None:
+        results.append(result)
+        results.sort(key=lambda item: position[item.input])  # the record lists inputs in order
+        write_record(own_record, job, model, results, extra)
+        if on_file is not None:
+            on_file(result)
+
+    started = time.perf_counter()
+    run_job(mine, job, model, outputs=outputs, on_step=on_step, on_file=finish)
+    seconds = time.perf_counter() - started
+
+    # 6. Several processes: the main one merges the parts, reused images included.
+    if processes.count > 1:
+        processes.wait_for_everyone()
+        if processes.is_main:
+            merged = merge_part_files(
+                record_path,
+                processes.count,
+                extra_images=[dataclasses.asdict(result) for result in reused],
+                order=[str(path) for path in inputs],
+            )
+            results = [FileResult(**image) for image in merged["images"]]
+    return RunSummary(results, record_path, plan, seconds, processes.count)
+
+
+def fit_memory(
+    model: LatentDiffusion,
+    job: ProtectionJob,
+    inputs: Sequence[Path],
+    options: RunOptions,
+    processes: Processes,
+) -> MemoryPlan:
+    """The memory plan for the largest input (the automatic budget counts the loaded weights).
+
+    Raises:
+        memory.MemoryPlanError: not even one image fits; the message says what would.
+    """
+    size = ModelSize.of(model)
+    budget = options.memory_budget_bytes
+    if budget is None:
+        weights = size.parameters * model.dtype.itemsize
+        sharers = processes.local_count if model.device.type == "cpu" else 1
+        budget = automatic_budget(model.device, resident_bytes=weights, sharers=sharers)
+    height, width = largest_image(inputs) or _FALLBACK_SIZE
+    return plan_memory(
+        size,
+        height=height,
+        width=width,
+        unet_backward_draws=job.method.noise_samples if job.method.weights().denoising else 0,
+        budget_bytes=budget,
+        dtypes=options.dtypes or (dtype_name(model.dtype),),
+        max_batch_size=options.max_batch_size,
+        method_name=job.method.name,
+    )
