@@ -80,10 +80,18 @@ def merge_part_files(
     return merged
 
 
-def read_records(folder: Path) -> list[dict]:
-    """Every readable protection record in ``folder``; unreadable ones are skipped (logged)."""
+def read_records(folder: Path, *, excluding_run: Path | None = None) -> list[dict]:
+    """Every readable protection record in ``folder``; unreadable ones are skipped (logged).
+
+    Args:
+        folder: the output folder.
+        excluding_run: the record of the run in progress; it and its parts are left out, so
+            that processes that start at different times all resume from the same earlier runs.
+    """
     records = []
     for path in sorted(folder.glob(RECORD_GLOB)):
+        if excluding_run is not None and path.name.startswith(excluding_run.stem + "."):
+            continue
         try:
             records.append(json.loads(path.read_text()))
         except (OSError, ValueError) as error:

@@ -163,10 +163,13 @@ def protect_files(
         configure(model, options.speed)
     job = dataclasses.replace(job, batch_size=plan.batch_size)
 
-    # 3. Resume: what an earlier run with the same fingerprint finished stays as it is.
+    # 3. Resume: what an earlier run with the same fingerprint finished stays as it is. This
+    #    run's own records are left out: processes that start late must see what the others saw.
+    output.mkdir(parents=True, exist_ok=True)
+    record_path = processes.record_path(output)
     fingerprint = settings_fingerprint(job, model.name, model.dtype)
-    completed = completed_outputs(read_records(output), fingerprint) if options.resume else {}
-    reused, remaining = reuse_completed(inputs, outputs, completed)
+    earlier = read_records(output, excluding_run=record_path) if options.resume else []
+    reused, remaining = reuse_completed(inputs, outputs, completed_outputs(earlier, fingerprint))
 
     # 4. This process's share.
     mine = shard(remaining, processes.index, processes.count)
@@ -174,8 +177,6 @@ def protect_files(
         on_start(len(mine))
 
     # 5. Protect, recording after each file.
-    output.mkdir(parents=True, exist_ok=True)
-    record_path = processes.record_path(output)
     own_record = (
         record_path
         if processes.count == 1
