@@ -22,7 +22,14 @@ from . import paths
 
 log = logging.getLogger(__name__)
 
-PACKAGES = ("openclipart-png", "plasma-workspace-wallpapers", "gnome-backgrounds", "desktop-base")
+# Exact versions (Debian 12 "bookworm"), as listed in the model card: a newer upload could add,
+# drop or rename images and so change the data set. apt fails if a version is no longer offered.
+PACKAGES = {
+    "openclipart-png": "1:0.18+dfsg-19",
+    "plasma-workspace-wallpapers": "4:5.27.5-2",
+    "gnome-backgrounds": "43.1-1",
+    "desktop-base": "12.0.6+nmu1~deb12u1",
+}
 
 # Captions for scikit-image's bundled photos, taken from the docstrings of skimage.data.
 # Synthetic test patterns, microscopy masks and drawings in that folder are left out.
@@ -47,17 +54,24 @@ SKIMAGE_PHOTOS = {
 HELD_OUT_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png")
 
 
+def deb_pattern(package: str, version: str) -> str:
+    """The file name ``apt-get download`` gives that version (it writes an epoch's ':' as %3a)."""
+    return f"{package}_{version.replace(':', '%3a')}_*.deb"
+
+
 def fetch_packages() -> None:
-    """Download and unpack the Debian packages once (``apt-get download`` + ``dpkg -x``)."""
+    """Download and unpack the pinned Debian packages once (``apt-get download`` + ``dpkg -x``)."""
     paths.DEBS.mkdir(parents=True, exist_ok=True)
-    for package in PACKAGES:
+    for package, version in PACKAGES.items():
         target = paths.EXTRACT / package
         if target.exists():
             continue
-        if not list(paths.DEBS.glob(f"{package}_*.deb")):
-            log.info("downloading %s", package)
-            subprocess.run(["apt-get", "download", package], cwd=paths.DEBS, check=True)
-        deb = sorted(paths.DEBS.glob(f"{package}_*.deb"))[-1]
+        if not list(paths.DEBS.glob(deb_pattern(package, version))):
+            log.info("downloading %s %s", package, version)
+            subprocess.run(
+                ["apt-get", "download", f"{package}={version}"], cwd=paths.DEBS, check=True
+            )
+        (deb,) = paths.DEBS.glob(deb_pattern(package, version))
         tmp = target.with_suffix(".partial")
         subprocess.run(["dpkg", "-x", str(deb), str(tmp)], check=True)
         tmp.rename(target)
