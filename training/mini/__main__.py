@@ -9,19 +9,7 @@ import logging
 
 import torch
 
-from . import data, evaluate, export, prepare, sources, tokenizer, unet, vae
-
-# In running order.
-STAGES = {
-    "sources": sources.fetch_packages,
-    "prepare": prepare.prepare,
-    "tokenizer": lambda: tokenizer.build(data.Crops().captions),
-    "vae": vae.train,
-    "latents": unet.encode_latents,
-    "unet": unet.train,
-    "export": export.export,
-    "evaluate": evaluate.evaluate,
-}
+from .recipe import STAGES, run
 
 
 def main() -> None:
@@ -33,7 +21,7 @@ def main() -> None:
     torch.set_num_threads(1)
     for stage in STAGES if args.stage == "all" else (args.stage,):
         logging.info("stage %s", stage)
-        STAGES[stage]()
+        run(stage)
 
 
 if __name__ == "__main__":

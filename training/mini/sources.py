@@ -59,19 +59,19 @@ def deb_pattern(package: str, version: str) -> str:
     return f"{package}_{version.replace(':', '%3a')}_*.deb"
 
 
-def fetch_packages() -> None:
+def fetch_packages(folders: paths.Folders = paths.DEFAULT) -> None:
     """Download and unpack the pinned Debian packages once (``apt-get download`` + ``dpkg -x``)."""
-    paths.DEBS.mkdir(parents=True, exist_ok=True)
+    folders.debs.mkdir(parents=True, exist_ok=True)
     for package, version in PACKAGES.items():
-        target = paths.EXTRACT / package
+        target = folders.extract / package
         if target.exists():
             continue
-        if not list(paths.DEBS.glob(deb_pattern(package, version))):
+        if not list(folders.debs.glob(deb_pattern(package, version))):
             log.info("downloading %s %s", package, version)
             subprocess.run(
-                ["apt-get", "download", f"{package}={version}"], cwd=paths.DEBS, check=True
+                ["apt-get", "download", f"{package}={version}"], cwd=folders.debs, check=True
             )
-        (deb,) = paths.DEBS.glob(deb_pattern(package, version))
+        (deb,) = folders.debs.glob(deb_pattern(package, version))
         tmp = target.with_suffix(".partial")
         subprocess.run(["dpkg", "-x", str(deb), str(tmp)], check=True)
         tmp.rename(target)
@@ -83,8 +83,8 @@ def _words(text: str) -> list[str]:
     return [w for w in re.split(r"[^a-zA-Z]+", text.lower()) if len(w) > 1]
 
 
-def _clipart() -> list[dict]:
-    root = paths.EXTRACT / "openclipart-png" / "usr" / "share" / "openclipart" / "png"
+def _clipart(extract: Path) -> list[dict]:
+    root = extract / "openclipart-png" / "usr" / "share" / "openclipart" / "png"
     records, seen = [], set()
     for file in sorted(root.rglob("*.png")):
         real = file.resolve()
@@ -111,9 +111,9 @@ def _largest(files: list[Path]) -> Path:
     return max(files, key=lambda f: f.stat().st_size)
 
 
-def _wallpapers() -> list[dict]:
+def _wallpapers(extract: Path) -> list[dict]:
     records = []
-    plasma = paths.EXTRACT / "plasma-workspace-wallpapers" / "usr" / "share" / "wallpapers"
+    plasma = extract / "plasma-workspace-wallpapers" / "usr" / "share" / "wallpapers"
     for folder in sorted(p for p in plasma.iterdir() if p.is_dir()):
         name = " ".join(_words(folder.name))
         for variant, prefix in (("images", "a wallpaper"), ("images_dark", "a dark wallpaper")):
@@ -131,7 +131,7 @@ def _wallpapers() -> list[dict]:
                         "caption": f"{prefix}, {name}",
                     }
                 )
-    gnome = paths.EXTRACT / "gnome-backgrounds" / "usr" / "share" / "backgrounds" / "gnome"
+    gnome = extract / "gnome-backgrounds" / "usr" / "share" / "backgrounds" / "gnome"
     for file in sorted(gnome.glob("*.webp")):
         stem, _, shade = file.stem.rpartition("-")
         prefix = {"d": "a dark wallpaper", "l": "a light wallpaper"}.get(shade, "a wallpaper")
@@ -143,7 +143,7 @@ def _wallpapers() -> list[dict]:
                 "caption": f"{prefix}, {' '.join(_words(stem or file.stem))}",
             }
         )
-    themes = paths.EXTRACT / "desktop-base" / "usr" / "share" / "desktop-base"
+    themes = extract / "desktop-base" / "usr" / "share" / "desktop-base"
     for theme in sorted(themes.glob("*-theme")):
         files = list((theme / "grub").glob("grub-*.png"))
         if files:
@@ -170,6 +170,6 @@ def _photos() -> list[dict]:
     ]
 
 
-def list_sources() -> list[dict]:
+def list_sources(folders: paths.Folders = paths.DEFAULT) -> list[dict]:
     """All usable source files as records ``{path, key, group, caption}``, in a stable order."""
-    return _clipart() + _wallpapers() + _photos()
+    return _clipart(folders.extract) + _wallpapers(folders.extract) + _photos()
