@@ -9,33 +9,12 @@ import logging
 
 import torch
 
-STAGES = ("sources", "prepare", "tokenizer", "vae", "latents", "unet", "export", "evaluate")
-
-
-def run(stage: str) -> None:
-    from . import data, evaluate, export, prepare, sources, tokenizer, unet, vae
-
-    if stage == "sources":
-        sources.fetch_packages()
-    elif stage == "prepare":
-        prepare.prepare()
-    elif stage == "tokenizer":
-        tokenizer.build(data.Crops().captions)
-    elif stage == "vae":
-        vae.train()
-    elif stage == "latents":
-        unet.encode_latents()
-    elif stage == "unet":
-        unet.train()
-    elif stage == "export":
-        export.export()
-    elif stage == "evaluate":
-        evaluate.evaluate()
+from .recipe import STAGES, run
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m training.mini", description=__doc__)
-    parser.add_argument("stage", choices=("all",) + STAGES)
+    parser.add_argument("stage", choices=("all", *STAGES))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     # The machine has two cores shared with other work; one thread keeps training from starving it.

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from . import prepare
+from . import paths, prepare
 
 GROUPS = ("clipart", "photo", "wallpaper")
 
@@ -11,8 +11,8 @@ GROUPS = ("clipart", "photo", "wallpaper")
 class Crops:
     """The cached 64x64 crops split into train and held-out test, with captions and groups."""
 
-    def __init__(self) -> None:
-        images, rows, _ = prepare.load()
+    def __init__(self, folders: paths.Folders = paths.DEFAULT) -> None:
+        images, rows, _ = prepare.load(folders)
         self.images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # uint8 NCHW
         self.captions = [r["caption"] for r in rows]
         self.groups = np.asarray([GROUPS.index(r["group"]) for r in rows])
@@ -32,6 +32,15 @@ class Crops:
             take = np.linspace(0, len(rows) - 1, min(per_group, len(rows))).round().astype(int)
             subsets[name] = rows[np.unique(take)]
         return subsets
+
+
+def draw_rows(index: np.ndarray, count: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` entries of ``index`` drawn uniformly with replacement, as int64 (count,).
+
+    They come from the training generator, whose state the checkpoint saves, so a resumed run
+    draws the same batches as an uninterrupted one.
+    """
+    return torch.as_tensor(index)[torch.randint(len(index), (count,), generator=generator)]
 
 
 def random_crop_flip(batch: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:

@@ -16,6 +16,8 @@ Everything runs in float32 on the CPU: a plain ``from_pretrained`` upcasts the f
 import json
 import logging
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,11 +29,16 @@ from . import data, paths, prepare, unet
 
 log = logging.getLogger(__name__)
 
-SEED = 0
-STRENGTH = 0.3
-INFERENCE_STEPS = 50
-GUIDANCE = (1.0, 7.5)
-DENOISING_TIMESTEPS = tuple(range(0, 1000, 25))
+
+@dataclass(frozen=True)
+class Settings:
+    """The measurement protocol; the defaults are those of the figures in the model card."""
+
+    seed: int = 0  # of the SDEdit generator
+    strength: float = 0.3  # SDEdit's
+    num_inference_steps: int = 50  # DDIM steps of the full schedule; strength x this many run
+    guidance_scales: tuple[float, ...] = (1.0, 7.5)  # the first is used for the sample sheet
+    denoising_timesteps: tuple[int, ...] = tuple(range(0, 1000, 25))
 
 
 def _uint8(images: torch.Tensor) -> np.ndarray:
@@ -54,37 +61,38 @@ def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     )
 
 
-def _file_sizes() -> dict[str, int]:
+def _file_sizes(folder: Path) -> dict[str, int]:
     sizes = {}
     for part in ("vae", "unet", "text_encoder", "tokenizer", "scheduler"):
-        sizes[part] = sum(f.stat().st_size for f in (paths.SHIPPED / part).iterdir())
-    sizes["total"] = sum(f.stat().st_size for f in paths.SHIPPED.rglob("*") if f.is_file())
+        sizes[part] = sum(f.stat().st_size for f in (folder / part).iterdir())
+    sizes["total"] = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     return sizes
 
 
 @torch.no_grad()
-def evaluate() -> dict:
+def evaluate(folders: paths.Folders = paths.DEFAULT, settings: Settings = Settings()) -> dict:
+    """Measure the exported model in ``folders.shipped`` and write ``metrics.json`` there."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     pipe = StableDiffusionPipeline.from_pretrained(
-        paths.SHIPPED, safety_checker=None, requires_safety_checker=False
+        folders.shipped, safety_checker=None, requires_safety_checker=False
     )
     img2img = StableDiffusionImg2ImgPipeline(**pipe.components)
     img2img.set_progress_bar_config(disable=True)
-    crops = data.Crops()
+    crops = data.Crops(folders)
     scale = pipe.vae.config.scaling_factor
     metrics = {
         "parameters": {
             name: sum(p.numel() for p in getattr(pipe, name).parameters())
             for name in ("vae", "unet", "text_encoder")
         },
-        "file_bytes": _file_sizes(),
+        "file_bytes": _file_sizes(folders.shipped),
         "held_out_crops": {},
         "vae_psnr_db": {},
         "vae_ssim": {},
         "denoising_mse": {},
         "zero_noise_mse": {},
         "denoising_ratio": {},
-        "sdedit_ssim": {f"guidance_{g:g}": {} for g in GUIDANCE},
+        "sdedit_ssim": {f"guidance_{g:g}": {} for g in settings.guidance_scales},
         "unrelated_pair_ssim": {},
     }
     samples = []
@@ -105,27 +113,27 @@ def evaluate() -> dict:
             posterior.mode() * scale,
             ids,
             pipe.scheduler,
-            DENOISING_TIMESTEPS,
+            settings.denoising_timesteps,
         )
         metrics["denoising_mse"][group], metrics["zero_noise_mse"][group] = mse, zero
         metrics["denoising_ratio"][group] = mse / zero
 
         pil = [Image.fromarray(image) for image in original]
-        for guidance in GUIDANCE:
+        for guidance in settings.guidance_scales:
             out = img2img(
                 prompt=captions,
                 image=pil,
-                strength=STRENGTH,
-                num_inference_steps=INFERENCE_STEPS,
+                strength=settings.strength,
+                num_inference_steps=settings.num_inference_steps,
                 guidance_scale=guidance,
-                generator=torch.Generator().manual_seed(SEED),
+                generator=torch.Generator().manual_seed(settings.seed),
                 output_type="np",
             ).images
             edited = (out * 255).round().astype(np.uint8)
             metrics["sdedit_ssim"][f"guidance_{guidance:g}"][group] = float(
                 ssim(original, edited).mean()
             )
-            if guidance == GUIDANCE[0]:
+            if guidance == settings.guidance_scales[0]:
                 samples.append(
                     np.concatenate(
                         [
@@ -148,9 +156,9 @@ def evaluate() -> dict:
             metrics["denoising_ratio"][group],
             {g: round(v[group], 3) for g, v in metrics["sdedit_ssim"].items()},
         )
-    (paths.SHIPPED / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    (folders.shipped / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     # Rows per group: held-out input, VAE reconstruction, SDEdit (strength 0.3, guidance 1).
-    paths.RUNS.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.concatenate(samples, axis=0)).save(paths.RUNS / "eval_samples.png")
+    folders.runs.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(samples, axis=0)).save(folders.runs / "eval_samples.png")
     log.info("metrics: %s", json.dumps(metrics))
     return metrics

@@ -23,13 +23,13 @@ log = logging.getLogger(__name__)
 SCHEDULER = dict(unet.SCHEDULE, set_alpha_to_one=False, steps_offset=1)
 
 
-def build_pipeline() -> StableDiffusionPipeline:
+def build_pipeline(folders: paths.Folders = paths.DEFAULT) -> StableDiffusionPipeline:
     """The float32 pipeline from the last VAE and UNet checkpoints (EMA weights)."""
-    tok = tokenizer.build(data.Crops().captions)
-    scaling_factor = torch.load(paths.LATENTS, weights_only=False)["scaling_factor"]
+    tok = tokenizer.build(data.Crops(folders).captions, folders.tokenizer)
+    scaling_factor = torch.load(folders.latents, weights_only=False)["scaling_factor"]
     autoencoder = AutoencoderKL(**vae.CONFIG, scaling_factor=scaling_factor)
-    autoencoder.load_state_dict(vae.load_trained().state_dict())
-    denoiser, text_encoder = unet.load_trained(tok)
+    autoencoder.load_state_dict(vae.load_trained(folders).state_dict())
+    denoiser, text_encoder = unet.load_trained(tok, folders)
     return StableDiffusionPipeline(
         vae=autoencoder.eval(),
         text_encoder=text_encoder,
@@ -42,27 +42,27 @@ def build_pipeline() -> StableDiffusionPipeline:
     )
 
 
-def export() -> None:
+def export(folders: paths.Folders = paths.DEFAULT) -> None:
     """Write the fp16 pipeline folder (replacing the weights there; the model card is kept)."""
-    pipeline = build_pipeline().to(torch.float16)
+    pipeline = build_pipeline(folders).to(torch.float16)
     for part in ("vae", "unet", "text_encoder", "tokenizer", "scheduler"):
-        shutil.rmtree(paths.SHIPPED / part, ignore_errors=True)
-    pipeline.save_pretrained(paths.SHIPPED, safe_serialization=True)
+        shutil.rmtree(folders.shipped / part, ignore_errors=True)
+    pipeline.save_pretrained(folders.shipped, safe_serialization=True)
     # The weights are fp16, but transformers would load the text encoder in the dtype named in its
     # config while diffusers loads the VAE and UNet in float32, and the pipeline fails on the mix.
     # Naming float32 makes a plain from_pretrained() load every part in float32 (exact upcast);
     # an explicit dtype=torch.float16 still loads everything in half precision.
-    config_file = paths.SHIPPED / "text_encoder" / "config.json"
+    config_file = folders.shipped / "text_encoder" / "config.json"
     config = json.loads(config_file.read_text())
     config["dtype"] = "float32"
     config_file.write_text(json.dumps(config, indent=2) + "\n")
     # Also ship the plain BPE files, which every CLIPTokenizer version reads.
     for name in ("vocab.json", "merges.txt"):
-        shutil.copy(paths.TOKENIZER / name, paths.SHIPPED / "tokenizer" / name)
-    _, _, records = prepare.load()
+        shutil.copy(folders.tokenizer / name, folders.shipped / "tokenizer" / name)
+    _, _, records = prepare.load(folders)
     held_out = {
         group: sorted(r["key"] for r in records if r["split"] == "test" and r["group"] == group)
         for group in data.GROUPS
     }
-    (paths.SHIPPED / "held_out.json").write_text(json.dumps(held_out, indent=1) + "\n")
-    log.info("exported %s", paths.SHIPPED)
+    (folders.shipped / "held_out.json").write_text(json.dumps(held_out, indent=1) + "\n")
+    log.info("exported %s", folders.shipped)

@@ -1,20 +1,54 @@
 """Where every stage reads and writes: data caches, checkpoints, the shipped model folder."""
 
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-DATA = REPO / "training" / "data"
-RUNS = REPO / "training" / "runs"
-
-DEBS = DATA / "debs"
-EXTRACT = DATA / "extract"
-MANIFEST = DATA / "manifest.json"  # one record per source file: path, caption, group, split
-IMAGES = DATA / "images.npz"  # uint8 (N, 64, 64, 3) plus per-row file index
-TOKENIZER = RUNS / "tokenizer"
-VAE_RUN = RUNS / "vae"
-LATENTS = RUNS / "latents.pt"
-UNET_RUN = RUNS / "unet"
-
-SHIPPED = REPO / "src" / "mimicshield" / "weights" / "mini"
 
 RESOLUTION = 64
+
+
+@dataclass(frozen=True)
+class Folders:
+    """The three roots of a run; the defaults are the repository's own (tests use a temp dir)."""
+
+    data: Path = REPO / "training" / "data"  # decoded sources and the crop cache
+    runs: Path = REPO / "training" / "runs"  # tokenizer, checkpoints, latents, logs
+    shipped: Path = REPO / "src" / "mimicshield" / "weights" / "mini"  # the exported model
+
+    @property
+    def debs(self) -> Path:
+        return self.data / "debs"
+
+    @property
+    def extract(self) -> Path:
+        return self.data / "extract"
+
+    @property
+    def manifest(self) -> Path:
+        """One record per source file: path, caption, group, split."""
+        return self.data / "manifest.json"
+
+    @property
+    def images(self) -> Path:
+        """uint8 (N, 64, 64, 3) crops plus the source-file index of each row."""
+        return self.data / "images.npz"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.runs / "tokenizer"
+
+    @property
+    def vae_run(self) -> Path:
+        return self.runs / "vae"
+
+    @property
+    def latents(self) -> Path:
+        return self.runs / "latents.pt"
+
+    @property
+    def unet_run(self) -> Path:
+        return self.runs / "unet"
+
+
+DEFAULT = Folders()

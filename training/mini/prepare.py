@@ -30,7 +30,8 @@ CROPS_HELD_OUT = 8  # crops per held-out photo or wallpaper
 HELD_OUT_PERCENT = {"clipart": 4, "wallpaper": 15}
 
 
-def _held_out(record: dict) -> bool:
+def is_held_out(record: dict) -> bool:
+    """Whether a source file (``{key, group}``) belongs to the held-out split."""
     if record["group"] == "photo":
         return record["key"].removeprefix("skimage/") in sources.HELD_OUT_PHOTOS
     digest = int(hashlib.sha256(record["key"].encode()).hexdigest(), 16)
@@ -81,14 +82,20 @@ def _decode(job: tuple[int, dict]) -> tuple[int, list[np.ndarray]]:
         return index, []
 
 
-def prepare(workers: int = 2) -> None:
-    """Write ``manifest.json`` and ``images.npz`` under training/data (skipped if present)."""
-    if paths.IMAGES.exists() and paths.MANIFEST.exists():
-        log.info("image cache present: %s", paths.IMAGES)
+def prepare(
+    folders: paths.Folders = paths.DEFAULT, records: list[dict] | None = None, workers: int = 2
+) -> None:
+    """Write ``manifest.json`` and ``images.npz`` under ``folders.data`` (skipped if present).
+
+    ``records`` are the source files ``{path, key, group, caption}`` to decode; by default those
+    ``sources.list_sources`` finds in the unpacked packages.
+    """
+    if folders.images.exists() and folders.manifest.exists():
+        log.info("image cache present: %s", folders.images)
         return
-    records = sources.list_sources()
+    records = sources.list_sources(folders) if records is None else records
     for record in records:
-        record["split"] = "test" if _held_out(record) else "train"
+        record["split"] = "test" if is_held_out(record) else "train"
     images, owner = [], []
     with Pool(workers) as pool:
         for done, (index, crops) in enumerate(pool.imap(_decode, enumerate(records), chunksize=16)):
@@ -97,14 +104,14 @@ def prepare(workers: int = 2) -> None:
             records[index]["rows"] = len(crops)
             if done % 500 == 0:
                 log.info("decoded %d/%d files", done, len(records))
-    paths.DATA.mkdir(parents=True, exist_ok=True)
-    np.savez(paths.IMAGES, images=np.stack(images), owner=np.asarray(owner, dtype=np.int32))
-    paths.MANIFEST.write_text(json.dumps(records, indent=0))
+    folders.data.mkdir(parents=True, exist_ok=True)
+    np.savez(folders.images, images=np.stack(images), owner=np.asarray(owner, dtype=np.int32))
+    folders.manifest.write_text(json.dumps(records, indent=0))
     log.info("cached %d crops from %d files", len(images), len(records))
 
 
-def load() -> tuple[np.ndarray, list[dict], list[dict]]:
+def load(folders: paths.Folders = paths.DEFAULT) -> tuple[np.ndarray, list[dict], list[dict]]:
     """The cached crops, one manifest record per crop, and the list of source records."""
-    data = np.load(paths.IMAGES)
-    records = json.loads(paths.MANIFEST.read_text())
+    data = np.load(folders.images)
+    records = json.loads(folders.manifest.read_text())
     return data["images"], [records[i] for i in data["owner"]], records

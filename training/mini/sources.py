@@ -22,7 +22,14 @@ from . import paths
 
 log = logging.getLogger(__name__)
 
-PACKAGES = ("openclipart-png", "plasma-workspace-wallpapers", "gnome-backgrounds", "desktop-base")
+# Exact versions (Debian 12 "bookworm"), as listed in the model card: a newer upload could add,
+# drop or rename images and so change the data set. apt fails if a version is no longer offered.
+PACKAGES = {
+    "openclipart-png": "1:0.18+dfsg-19",
+    "plasma-workspace-wallpapers": "4:5.27.5-2",
+    "gnome-backgrounds": "43.1-1",
+    "desktop-base": "12.0.6+nmu1~deb12u1",
+}
 
 # Captions for scikit-image's bundled photos, taken from the docstrings of skimage.data.
 # Synthetic test patterns, microscopy masks and drawings in that folder are left out.
@@ -47,17 +54,24 @@ SKIMAGE_PHOTOS = {
 HELD_OUT_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png")
 
 
-def fetch_packages() -> None:
-    """Download and unpack the Debian packages once (``apt-get download`` + ``dpkg -x``)."""
-    paths.DEBS.mkdir(parents=True, exist_ok=True)
-    for package in PACKAGES:
-        target = paths.EXTRACT / package
+def deb_pattern(package: str, version: str) -> str:
+    """The file name ``apt-get download`` gives that version (it writes an epoch's ':' as %3a)."""
+    return f"{package}_{version.replace(':', '%3a')}_*.deb"
+
+
+def fetch_packages(folders: paths.Folders = paths.DEFAULT) -> None:
+    """Download and unpack the pinned Debian packages once (``apt-get download`` + ``dpkg -x``)."""
+    folders.debs.mkdir(parents=True, exist_ok=True)
+    for package, version in PACKAGES.items():
+        target = folders.extract / package
         if target.exists():
             continue
-        if not list(paths.DEBS.glob(f"{package}_*.deb")):
-            log.info("downloading %s", package)
-            subprocess.run(["apt-get", "download", package], cwd=paths.DEBS, check=True)
-        deb = sorted(paths.DEBS.glob(f"{package}_*.deb"))[-1]
+        if not list(folders.debs.glob(deb_pattern(package, version))):
+            log.info("downloading %s %s", package, version)
+            subprocess.run(
+                ["apt-get", "download", f"{package}={version}"], cwd=folders.debs, check=True
+            )
+        (deb,) = folders.debs.glob(deb_pattern(package, version))
         tmp = target.with_suffix(".partial")
         subprocess.run(["dpkg", "-x", str(deb), str(tmp)], check=True)
         tmp.rename(target)
@@ -69,8 +83,8 @@ def _words(text: str) -> list[str]:
     return [w for w in re.split(r"[^a-zA-Z]+", text.lower()) if len(w) > 1]
 
 
-def _clipart() -> list[dict]:
-    root = paths.EXTRACT / "openclipart-png" / "usr" / "share" / "openclipart" / "png"
+def _clipart(extract: Path) -> list[dict]:
+    root = extract / "openclipart-png" / "usr" / "share" / "openclipart" / "png"
     records, seen = [], set()
     for file in sorted(root.rglob("*.png")):
         real = file.resolve()
@@ -97,9 +111,9 @@ def _largest(files: list[Path]) -> Path:
     return max(files, key=lambda f: f.stat().st_size)
 
 
-def _wallpapers() -> list[dict]:
+def _wallpapers(extract: Path) -> list[dict]:
     records = []
-    plasma = paths.EXTRACT / "plasma-workspace-wallpapers" / "usr" / "share" / "wallpapers"
+    plasma = extract / "plasma-workspace-wallpapers" / "usr" / "share" / "wallpapers"
     for folder in sorted(p for p in plasma.iterdir() if p.is_dir()):
         name = " ".join(_words(folder.name))
         for variant, prefix in (("images", "a wallpaper"), ("images_dark", "a dark wallpaper")):
@@ -117,7 +131,7 @@ def _wallpapers() -> list[dict]:
                         "caption": f"{prefix}, {name}",
                     }
                 )
-    gnome = paths.EXTRACT / "gnome-backgrounds" / "usr" / "share" / "backgrounds" / "gnome"
+    gnome = extract / "gnome-backgrounds" / "usr" / "share" / "backgrounds" / "gnome"
     for file in sorted(gnome.glob("*.webp")):
         stem, _, shade = file.stem.rpartition("-")
         prefix = {"d": "a dark wallpaper", "l": "a light wallpaper"}.get(shade, "a wallpaper")
@@ -129,7 +143,7 @@ def _wallpapers() -> list[dict]:
                 "caption": f"{prefix}, {' '.join(_words(stem or file.stem))}",
             }
         )
-    themes = paths.EXTRACT / "desktop-base" / "usr" / "share" / "desktop-base"
+    themes = extract / "desktop-base" / "usr" / "share" / "desktop-base"
     for theme in sorted(themes.glob("*-theme")):
         files = list((theme / "grub").glob("grub-*.png"))
         if files:
@@ -156,6 +170,6 @@ def _photos() -> list[dict]:
     ]
 
 
-def list_sources() -> list[dict]:
+def list_sources(folders: paths.Folders = paths.DEFAULT) -> list[dict]:
     """All usable source files as records ``{path, key, group, caption}``, in a stable order."""
-    return _clipart() + _wallpapers() + _photos()
+    return _clipart(folders.extract) + _wallpapers(folders.extract) + _photos()

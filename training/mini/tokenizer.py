@@ -11,6 +11,7 @@ import json
 import logging
 import re
 from collections import Counter
+from pathlib import Path
 
 from transformers import CLIPTokenizer
 
@@ -90,13 +91,13 @@ def learn_bpe(captions: list[str]) -> tuple[dict[str, int], list[tuple[str, str]
     return vocab, merges
 
 
-def build(captions: list[str]) -> CLIPTokenizer:
-    """Write vocab.json/merges.txt under training/runs/tokenizer (once) and load them."""
-    if not (paths.TOKENIZER / "vocab.json").exists():
+def build(captions: list[str], folder: Path = paths.DEFAULT.tokenizer) -> CLIPTokenizer:
+    """Write vocab.json/merges.txt learned from ``captions`` into ``folder`` (once); load them."""
+    if not (folder / "vocab.json").exists():
         vocab, merges = learn_bpe(captions)
-        paths.TOKENIZER.mkdir(parents=True, exist_ok=True)
-        (paths.TOKENIZER / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
         lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
-        (paths.TOKENIZER / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
         log.info("tokenizer: %d tokens, %d merges", len(vocab), len(merges))
-    return CLIPTokenizer.from_pretrained(paths.TOKENIZER, model_max_length=MODEL_MAX_LENGTH)
+    return CLIPTokenizer.from_pretrained(folder, model_max_length=MODEL_MAX_LENGTH)

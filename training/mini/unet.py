@@ -16,6 +16,7 @@ import copy
 import logging
 import math
 import time
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -57,15 +58,56 @@ TEXT_CONFIG = dict(
     projection_dim=64,
 )
 
-STEPS = 4000
-BATCH = 32
-LR = 5e-4
-WARMUP = 200
-CAPTION_DROPOUT = 0.1
-EMA_DECAY = 0.999
-EVAL_EVERY = 500
-SAVE_EVERY = 100
 EVAL_TIMESTEPS = tuple(range(0, 1000, 50))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Training hyperparameters; the defaults are the shipped model's."""
+
+    steps: int = 4000
+    batch: int = 32  # latents per step
+    lr: float = 5e-4  # peak, reached after ``warmup`` steps, then cosine to a tenth of it
+    warmup: int = 200  # steps
+    weight_decay: float = 0.01  # AdamW's
+    caption_dropout: float = 0.1  # fraction of prompts replaced by "" (for guidance)
+    ema_decay: float = 0.999  # upper bound; after n steps the decay is (1 + n) / (10 + n)
+    eval_every: int = 500  # steps between held-out denoising logs
+    eval_timesteps: tuple[int, ...] = EVAL_TIMESTEPS  # the held-out MSE is averaged over these
+    save_every: int = 100  # steps between checkpoints
+    seed: int = 0  # initial weights and every random draw of training
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """What training steps draw from: every crop's stored posterior, and its prompt."""
+
+    mean: torch.Tensor  # (N, 2, 4, 16, 16) posterior means; [:, 1] is of the mirror image
+    std: torch.Tensor  # (N, 2, 4, 16, 16) posterior standard deviations
+    scale: float  # the latent scaling factor (1 / std of the training latents)
+    ids: torch.Tensor  # (N, 77) prompt token ids
+    empty: torch.Tensor  # (77,) token ids of the empty prompt
+    train_index: np.ndarray  # rows that may be trained on
+
+
+@dataclass
+class Models:
+    """The trained parts, their EMA copies and the optimizer; field names are checkpoint keys."""
+
+    unet: UNet2DConditionModel
+    text_encoder: CLIPTextModel
+    ema_unet: UNet2DConditionModel
+    ema_text: CLIPTextModel
+    optimizer: torch.optim.Optimizer
+
+    def parts(self) -> dict[str, checkpoint.Stateful]:
+        return {field.name: getattr(self, field.name) for field in fields(self)}
+
+    def params(self) -> list[torch.nn.Parameter]:
+        return list(self.unet.parameters()) + list(self.text_encoder.parameters())
+
+    def ema_params(self) -> list[torch.nn.Parameter]:
+        return list(self.ema_unet.parameters()) + list(self.ema_text.parameters())
 
 
 def build_text_encoder(tok) -> CLIPTextModel:
@@ -91,18 +133,18 @@ def token_ids(tok, captions: list[str]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_latents() -> None:
+def encode_latents(folders: paths.Folders = paths.DEFAULT) -> None:
     """Store the posterior mean/std of every crop and its mirror image, and the scaling factor."""
-    if paths.LATENTS.exists():
-        log.info("latents present: %s", paths.LATENTS)
+    if folders.latents.exists():
+        log.info("latents present: %s", folders.latents)
         return
-    crops = data.Crops()
-    model = vae.load_trained()
+    crops = data.Crops(folders)
+    model = vae.load_trained(folders)
     index = np.arange(len(crops.captions))
     means, stds = [], []
     for flip in (False, True):
         mean, std = [], []
-        for chunk in np.array_split(index, len(index) // 128):
+        for chunk in np.array_split(index, max(1, len(index) // 128)):
             x = crops.pixels(chunk)
             posterior = model.encode(x.flip(-1) if flip else x).latent_dist
             mean.append(posterior.mean)
@@ -116,15 +158,17 @@ def encode_latents() -> None:
     variance = mean[train].var() + std[train].pow(2).mean()
     scaling_factor = float(1.0 / variance.sqrt())
     log.info("latent std %.4f -> scaling_factor %.5f", variance.sqrt().item(), scaling_factor)
-    checkpoint.save(paths.LATENTS, dict(mean=mean, std=std, scaling_factor=scaling_factor, step=0))
-
-
-def learning_rate(step: int, steps: int) -> float:
-    if step < WARMUP:
-        return LR * (step + 1) / WARMUP
-    return LR * (
-        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - WARMUP) / max(1, steps - WARMUP)))
+    checkpoint.save(
+        folders.latents, dict(mean=mean, std=std, scaling_factor=scaling_factor, step=0)
     )
+
+
+def learning_rate(step: int, settings: Settings) -> float:
+    """Linear warm-up over ``settings.warmup`` steps, then cosine decay to lr / 10 at the end."""
+    if step < settings.warmup:
+        return settings.lr * (step + 1) / settings.warmup
+    progress = (step - settings.warmup) / max(1, settings.steps - settings.warmup)
+    return settings.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 @torch.no_grad()
@@ -156,121 +200,167 @@ def denoising_mse(
     return torch.cat(model_err).mean().item(), torch.cat(zero_err).mean().item()
 
 
-def _probe(
-    crops: data.Crops, store: dict, ids: torch.Tensor
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def load_corpus(folders: paths.Folders, crops: data.Crops, tok) -> Corpus:
+    """The stored latents of ``encode_latents`` with every crop's tokenized caption."""
+    store = torch.load(folders.latents, weights_only=False)
+    return Corpus(
+        mean=store["mean"],
+        std=store["std"],
+        scale=store["scaling_factor"],
+        ids=token_ids(tok, crops.captions),
+        empty=token_ids(tok, [""])[0],
+        train_index=crops.train_index,
+    )
+
+
+def _probe(crops: data.Crops, corpus: Corpus) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Held-out latents (posterior means, not mirrored, scaled) and prompts, per group."""
     probe = {}
     for group, rows in crops.test_by_group(64).items():
         rows = torch.as_tensor(rows)
-        probe[group] = (store["mean"][rows, 0] * store["scaling_factor"], ids[rows])
+        probe[group] = (corpus.mean[rows, 0] * corpus.scale, corpus.ids[rows])
     return probe
 
 
-def train(steps: int = STEPS, seed: int = 0) -> None:
-    """Train (or resume) to ``steps``; the state is saved to training/runs/unet/last.pt."""
-    torch.manual_seed(seed)
-    crops = data.Crops()
-    tok = tokenizer.build(crops.captions)
-    store = torch.load(paths.LATENTS, weights_only=False)
-    scale = store["scaling_factor"]
-    ids = token_ids(tok, crops.captions)
-    empty = token_ids(tok, [""])[0]
-    probe = _probe(crops, store, ids)
-    scheduler = DDPMScheduler(**SCHEDULE)
+def restore(
+    folders: paths.Folders, tok, settings: Settings
+) -> tuple[Models, torch.Generator, int, float]:
+    """Fresh models (from the global seed) or the last checkpoint's, and where training stands.
+
+    Returns the models in training mode, the generator every batch is drawn from, the number of
+    steps done and the seconds spent on them.
+    """
     unet = UNet2DConditionModel(**UNET_CONFIG)
     text_encoder = build_text_encoder(tok)
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=0.01)
-    ema_unet, ema_text = (
-        copy.deepcopy(unet).requires_grad_(False),
-        copy.deepcopy(text_encoder).requires_grad_(False),
+    models = Models(
+        unet=unet.train(),
+        text_encoder=text_encoder.train(),
+        ema_unet=copy.deepcopy(unet).requires_grad_(False),
+        ema_text=copy.deepcopy(text_encoder).requires_grad_(False),
+        optimizer=torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay),
     )
-    generator = torch.Generator().manual_seed(seed)
-    step, elapsed = 0, 0.0
-    state = checkpoint.load(paths.UNET_RUN / "last.pt")
-    if state is not None:
-        unet.load_state_dict(state["unet"])
-        text_encoder.load_state_dict(state["text_encoder"])
-        ema_unet.load_state_dict(state["ema_unet"])
-        ema_text.load_state_dict(state["ema_text"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        step, elapsed = state["step"], state["elapsed"]
+    generator = torch.Generator().manual_seed(settings.seed)
+    step, elapsed = checkpoint.restore_training(
+        folders.unet_run / "last.pt", models.parts(), generator
+    )
+    return models, generator, step, elapsed
+
+
+def draw_batch(
+    corpus: Corpus, scheduler: DDPMScheduler, settings: Settings, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch, all of it drawn from ``generator``: (noisy latents, timesteps, prompt, noise).
+
+    Shapes (B, 4, 16, 16), (B,), (B, 77), (B, 4, 16, 16) for B = ``settings.batch``.
+    """
+    batch = settings.batch
+    rows = data.draw_rows(corpus.train_index, batch, generator)
+    mirror = torch.randint(0, 2, (batch,), generator=generator)
+    mean, std = corpus.mean[rows, mirror], corpus.std[rows, mirror]
+    latents = (mean + std * torch.randn(mean.shape, generator=generator)) * corpus.scale
+    prompt = corpus.ids[rows].clone()
+    prompt[torch.rand(batch, generator=generator) < settings.caption_dropout] = corpus.empty
+    noise = torch.randn(latents.shape, generator=generator)
+    timesteps = torch.randint(
+        0, scheduler.config.num_train_timesteps, (batch,), generator=generator
+    )
+    return scheduler.add_noise(latents, noise, timesteps), timesteps, prompt, noise
+
+
+def train_step(
+    models: Models,
+    corpus: Corpus,
+    scheduler: DDPMScheduler,
+    step: int,
+    settings: Settings,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Step ``step`` (0-based): one optimizer update and the EMA update; returns the loss."""
+    noisy, timesteps, prompt, noise = draw_batch(corpus, scheduler, settings, generator)
+    pred = models.unet(noisy, timesteps, models.text_encoder(prompt)[0]).sample
+    loss = (pred - noise).pow(2).mean()
+    for group in models.optimizer.param_groups:
+        group["lr"] = learning_rate(step, settings)
+    models.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(models.params(), 1.0)
+    models.optimizer.step()
+    done = step + 1
+    # A short average at first, so the EMA does not remember the random initial weights.
+    decay = min(settings.ema_decay, (1 + done) / (10 + done))
+    with torch.no_grad():
+        torch._foreach_lerp_(models.ema_params(), models.params(), 1 - decay)
+    return loss.detach()
+
+
+def evaluate_held_out(
+    models: Models,
+    probe: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    scheduler: DDPMScheduler,
+    step: int,
+    timesteps: tuple[int, ...],
+) -> None:
+    """Log the EMA weights' held-out denoising MSE per group, against predicting zero noise."""
+    for group, (z, prompt_ids) in probe.items():
+        mse, zero = denoising_mse(
+            models.ema_unet.eval(), models.ema_text.eval(), z, prompt_ids, scheduler, timesteps
+        )
+        log.info(
+            "unet step %d held-out %s: ema denoising mse %.4f vs zero-noise %.4f (ratio %.3f)",
+            step,
+            group,
+            mse,
+            zero,
+            mse / zero,
+        )
+
+
+def save(
+    folders: paths.Folders, models: Models, generator: torch.Generator, step: int, elapsed: float
+) -> None:
+    """Checkpoint everything ``restore`` needs to continue after ``step`` steps."""
+    checkpoint.save_training(folders.unet_run / "last.pt", models.parts(), generator, step, elapsed)
+
+
+def train(folders: paths.Folders = paths.DEFAULT, settings: Settings = Settings()) -> None:
+    """Train (or resume) to ``settings.steps``; the state goes to ``folders.unet_run``/last.pt."""
+    torch.manual_seed(settings.seed)
+    crops = data.Crops(folders)
+    tok = tokenizer.build(crops.captions, folders.tokenizer)
+    corpus = load_corpus(folders, crops, tok)
+    probe = _probe(crops, corpus)
+    scheduler = DDPMScheduler(**SCHEDULE)
+    models, generator, step, elapsed = restore(folders, tok, settings)
     log.info(
         "unet: %d parameters, text encoder: %d, scaling_factor %.5f",
-        sum(p.numel() for p in unet.parameters()),
-        sum(p.numel() for p in text_encoder.parameters()),
-        scale,
+        sum(p.numel() for p in models.unet.parameters()),
+        sum(p.numel() for p in models.text_encoder.parameters()),
+        corpus.scale,
     )
-    ema_params = list(ema_unet.parameters()) + list(ema_text.parameters())
-    rng = np.random.default_rng(seed + step)
-    unet.train()
-    text_encoder.train()
     start = time.monotonic() - elapsed
-    while step < steps:
-        rows = torch.as_tensor(rng.choice(crops.train_index, BATCH))
-        mirror = torch.randint(0, 2, (BATCH,), generator=generator)
-        mean, std = store["mean"][rows, mirror], store["std"][rows, mirror]
-        latents = (mean + std * torch.randn(mean.shape, generator=generator)) * scale
-        prompt = ids[rows].clone()
-        prompt[torch.rand(BATCH, generator=generator) < CAPTION_DROPOUT] = empty
-        noise = torch.randn(latents.shape, generator=generator)
-        timesteps = torch.randint(
-            0, scheduler.config.num_train_timesteps, (BATCH,), generator=generator
-        )
-        noisy = scheduler.add_noise(latents, noise, timesteps)
-        pred = unet(noisy, timesteps, text_encoder(prompt)[0]).sample
-        loss = (pred - noise).pow(2).mean()
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, steps)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+    while step < settings.steps:
+        loss = train_step(models, corpus, scheduler, step, settings, generator)
         step += 1
-        decay = min(EMA_DECAY, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, params, 1 - decay)
         if step % 20 == 0:
             log.info(
                 "unet step %d loss %.4f lr %.2e %.0fs",
                 step,
                 loss.item(),
-                learning_rate(step, steps),
+                learning_rate(step, settings),
                 time.monotonic() - start,
             )
-        if step % EVAL_EVERY == 0 or step == steps:
-            for group, (z, prompt_ids) in probe.items():
-                mse, zero = denoising_mse(
-                    ema_unet.eval(), ema_text.eval(), z, prompt_ids, scheduler
-                )
-                log.info(
-                    "unet step %d held-out %s: ema denoising mse %.4f vs zero-noise %.4f "
-                    "(ratio %.3f)",
-                    step,
-                    group,
-                    mse,
-                    zero,
-                    mse / zero,
-                )
-        if step % SAVE_EVERY == 0 or step == steps:
-            state = dict(
-                unet=unet.state_dict(),
-                text_encoder=text_encoder.state_dict(),
-                ema_unet=ema_unet.state_dict(),
-                ema_text=ema_text.state_dict(),
-                optimizer=optimizer.state_dict(),
-                generator=generator.get_state(),
-                step=step,
-                elapsed=time.monotonic() - start,
-            )
-            checkpoint.save(paths.UNET_RUN / "last.pt", state)
+        if step % settings.eval_every == 0 or step == settings.steps:
+            evaluate_held_out(models, probe, scheduler, step, settings.eval_timesteps)
+        if step % settings.save_every == 0 or step == settings.steps:
+            save(folders, models, generator, step, time.monotonic() - start)
 
 
-def load_trained(tok) -> tuple[UNet2DConditionModel, CLIPTextModel]:
+def load_trained(
+    tok, folders: paths.Folders = paths.DEFAULT
+) -> tuple[UNet2DConditionModel, CLIPTextModel]:
     """The EMA UNet and text encoder from the last checkpoint, in eval mode."""
-    state = checkpoint.load(paths.UNET_RUN / "last.pt")
+    state = checkpoint.load(folders.unet_run / "last.pt")
     unet = UNet2DConditionModel(**UNET_CONFIG)
     unet.load_state_dict(state["ema_unet"])
     text_encoder = build_text_encoder(tok)

@@ -9,6 +9,7 @@ images so the normalisation statistics match the working resolution.
 import logging
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,14 +32,21 @@ CONFIG = dict(
     mid_block_add_attention=False,
 )
 
-STEPS = 5000
-BATCH = 32
-CROP = 32
-FULL_SIZE_FRACTION = 0.10  # the last part of training runs on full 64x64 images
-LR = 1e-3
-KL_WEIGHT = 1e-6
-EVAL_EVERY = 250
-SAVE_EVERY = 100
+
+@dataclass(frozen=True)
+class Settings:
+    """Training hyperparameters; the defaults are the shipped model's."""
+
+    steps: int = 5000
+    batch: int = 32  # images per step
+    crop: int = 32  # pixels; the side of the random crops most steps train on
+    full_size_fraction: float = 0.10  # the last part of training runs on full 64x64 images
+    lr: float = 1e-3  # peak, reached after ``warmup`` steps, then cosine to 0
+    warmup: int = 100  # steps
+    kl_weight: float = 1e-6
+    eval_every: int = 250  # steps between held-out PSNR logs
+    save_every: int = 100  # steps between checkpoints
+    seed: int = 0  # initial weights and every random draw of training
 
 
 def build() -> AutoencoderKL:
@@ -70,45 +78,41 @@ def psnr(vae: AutoencoderKL, crops: data.Crops, index: np.ndarray) -> float:
     return torch.cat(values).mean().item()
 
 
-def learning_rate(step: int, steps: int) -> float:
-    warmup = 100
+def learning_rate(step: int, settings: Settings) -> float:
+    """Linear warm-up over ``settings.warmup`` steps, then cosine decay to 0 at the last step."""
+    warmup = settings.warmup
     if step < warmup:
-        return LR * (step + 1) / warmup
-    return LR * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+        return settings.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, settings.steps - warmup)
+    return settings.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train(steps: int = STEPS, seed: int = 0) -> AutoencoderKL:
-    """Train (or resume) to ``steps``; the state is saved to training/runs/vae/last.pt."""
-    torch.manual_seed(seed)
-    crops = data.Crops()
+def train(folders: paths.Folders = paths.DEFAULT, settings: Settings = Settings()) -> AutoencoderKL:
+    """Train (or resume) to ``settings.steps``; the state goes to ``folders.vae_run``/last.pt."""
+    torch.manual_seed(settings.seed)
+    crops = data.Crops(folders)
     probe = np.concatenate(list(crops.test_by_group(96).values()))
     vae = build()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=LR, weight_decay=0.0)
-    generator = torch.Generator().manual_seed(seed)
-    step, elapsed = 0, 0.0
-    state = checkpoint.load(paths.VAE_RUN / "last.pt")
-    if state is not None:
-        vae.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        step, elapsed = state["step"], state["elapsed"]
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.lr, weight_decay=0.0)
+    parts = dict(model=vae, optimizer=optimizer)
+    generator = torch.Generator().manual_seed(settings.seed)
+    step, elapsed = checkpoint.restore_training(folders.vae_run / "last.pt", parts, generator)
     log.info(
         "vae: %d parameters, %d training crops",
         sum(p.numel() for p in vae.parameters()),
         len(crops.train_index),
     )
-    rng = np.random.default_rng(seed + step)
     vae.train()
     start = time.monotonic() - elapsed
-    while step < steps:
-        size = CROP if step < steps * (1 - FULL_SIZE_FRACTION) else paths.RESOLUTION
-        batch = data.random_crop_flip(
-            crops.pixels(rng.choice(crops.train_index, BATCH)), size, generator
-        )
+    while step < settings.steps:
+        full_size = step >= settings.steps * (1 - settings.full_size_fraction)
+        size = paths.RESOLUTION if full_size else settings.crop
+        rows = data.draw_rows(crops.train_index, settings.batch, generator)
+        batch = data.random_crop_flip(crops.pixels(rows), size, generator)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, steps)
+            group["lr"] = learning_rate(step, settings)
         rec, kl = loss_terms(vae, batch, generator)
-        loss = rec + KL_WEIGHT * kl
+        loss = rec + settings.kl_weight * kl
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -121,28 +125,23 @@ def train(steps: int = STEPS, seed: int = 0) -> AutoencoderKL:
                 size,
                 rec.item(),
                 kl.item(),
-                learning_rate(step, steps),
+                learning_rate(step, settings),
                 time.monotonic() - start,
             )
-        if step % EVAL_EVERY == 0 or step == steps:
+        if step % settings.eval_every == 0 or step == settings.steps:
             vae.eval()
             log.info("vae step %d held-out psnr %.2f dB", step, psnr(vae, crops, probe))
             vae.train()
-        if step % SAVE_EVERY == 0 or step == steps:
-            state = dict(
-                model=vae.state_dict(),
-                optimizer=optimizer.state_dict(),
-                generator=generator.get_state(),
-                step=step,
-                elapsed=time.monotonic() - start,
+        if step % settings.save_every == 0 or step == settings.steps:
+            checkpoint.save_training(
+                folders.vae_run / "last.pt", parts, generator, step, time.monotonic() - start
             )
-            checkpoint.save(paths.VAE_RUN / "last.pt", state)
     vae.eval()
     return vae
 
 
-def load_trained() -> AutoencoderKL:
+def load_trained(folders: paths.Folders = paths.DEFAULT) -> AutoencoderKL:
     """The VAE from the last checkpoint, in eval mode."""
     vae = build()
-    vae.load_state_dict(checkpoint.load(paths.VAE_RUN / "last.pt")["model"])
+    vae.load_state_dict(checkpoint.load(folders.vae_run / "last.pt")["model"])
     return vae.eval()
