@@ -21,7 +21,7 @@ from .filesystem import atomic_output
 
 logger = logging.getLogger(__name__)
 
-#: Larger images need tiling, which is not implemented yet (2048 × 2048 pixels).
+#: Larger images are refused (2048 × 2048 pixels): the whole image is optimised at once.
 DEFAULT_MAX_PIXELS = 2048 * 2048
 #: Lossless formats we write; lossy ones would break the budget on disk.
 OUTPUT_FORMATS = {"png": ".png", "tiff": ".tiff", "webp": ".webp"}

@@ -26,8 +26,7 @@ class ProtectionMethod:
         random_start: start from a uniform draw in the ball instead of the clean image.
         noise_samples: diffusion draws (t, ε) averaged per PGD step, K (reference: 1). One
             encoder pass serves all K; the UNet work grows K-fold (forward only for the SDS
-            methods). Measured on the miniature model, K = 2 did not strengthen SDS− at equal
-            steps (bench/README.md). PhotoGuard has no UNet term and gains nothing from it.
+            methods). PhotoGuard has no UNet term and gains nothing from it.
     """
 
     name: ClassVar[str]

@@ -92,10 +92,9 @@ def default_dtypes(device: torch.device, requested: str) -> tuple[str, ...]:
     """Precisions to try, in order: the requested one, or for ``auto`` the device's best.
 
     ``auto``: bf16 on CUDA cards that support it (fast, and the perturbation stays fp32), else
-    fp32. On a CPU with bf16 instructions (AVX512-BF16 or AMX), bf16: measured 2.2× faster than
-    fp32 at SD-1.5 size with half the memory, and as strong on the miniature model
-    (bench/README.md). On other CPUs bf16 is emulated and slow, so fp32 first and bf16 only as a
-    fallback when fp32 does not fit.
+    fp32. On a CPU with bf16 instructions (AVX512-BF16 or AMX), bf16: about twice as fast as fp32
+    with half the memory. On other CPUs bf16 is emulated and slow, so fp32 first and bf16 only as
+    a fallback when fp32 does not fit.
     """
     if requested != "auto":
         return (requested,)

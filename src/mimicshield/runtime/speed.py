@@ -23,9 +23,8 @@ class SpeedOptions:
     """How the networks compute.
 
     Attributes:
-        channels_last: NHWC weights and activations. Measured on a 2-core CPU at SD-1.5 size and
-            512² (oneDNN convolutions): SDS− and PhotoGuard steps 13–19 % faster in fp32 and bf16
-            (bench/README.md); tensor-core GPUs usually gain too.
+        channels_last: NHWC weights and activations; faster with oneDNN convolutions on CPUs
+            and on tensor-core GPUs.
         compile: ``torch.compile`` the VAE encoder and the UNet (minutes of compiling first; pays
             off over many steps or images of one size).
         attention_slicing: diffusers' sliced attention in the UNet. With torch ≥ 2 the default
