@@ -1,7 +1,10 @@
-"""Shared fixtures: tiny models saved once per session and loaded back through the real loader."""
+"""Shared fixtures: tiny models saved once per session and loaded back through the real loader,
+picture folders, a CLI runner, file digests, a generator maker and a UNet-call counter."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -14,6 +17,7 @@ import torch
 from PIL import Image
 
 from mimicshield import LatentDiffusion
+from mimicshield.cli.main import main
 
 torch.set_num_threads(1)  # 2-core machines: one thread per process is fastest and steadiest
 
@@ -68,3 +72,89 @@ def smooth_picture():
         return Image.fromarray(small).resize(size, Image.Resampling.BILINEAR)
 
     return picture
+
+
+@pytest.fixture
+def image_folder(tmp_path, smooth_picture):
+    """image_folder(*names, size=(20, 16), folder="in") → a folder of smooth pictures.
+
+    The i-th name gets ``smooth_picture(i, size)``, saved in the format its suffix names (JPEG
+    at quality 95).
+    """
+
+    def make(*names: str, size: tuple[int, int] = (20, 16), folder: str = "in"):
+        path = tmp_path / folder
+        path.mkdir(exist_ok=True)
+        for seed, name in enumerate(names):
+            smooth_picture(seed, size).save(path / name, quality=95)
+        return path
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def digests():
+    """digests(folder) → {file name: SHA-256 of its bytes}, to show that files were not touched."""
+
+    def digest(folder):
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+
+    return digest
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    """run_cli(*args) → the exit code of ``mimicshield ARGS`` run in this process."""
+
+    def run(*args) -> int:
+        return main([str(arg) for arg in args])
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def seeded():
+    """seeded(seed=0) → a fresh CPU generator with that seed."""
+
+    def generator(seed: int = 0) -> torch.Generator:
+        return torch.Generator().manual_seed(seed)
+
+    return generator
+
+
+@pytest.fixture(scope="session")
+def count_unet_calls():
+    """``with count_unet_calls(model) as calls:`` counts UNet forwards by autograd mode.
+
+    ``calls`` is ``{"with_grad": n, "no_grad": m}``; the hook is removed when the block ends.
+    """
+
+    @contextlib.contextmanager
+    def counting(model):
+        calls = {"with_grad": 0, "no_grad": 0}
+
+        def hook(module, args, output):
+            calls["with_grad" if torch.is_grad_enabled() else "no_grad"] += 1
+
+        handle = model.unet.register_forward_hook(hook)
+        try:
+            yield calls
+        finally:
+            handle.remove()
+
+    return counting
+
+
+@pytest.fixture(scope="session")
+def protect_args():
+    """protect_args(*args, model_dir) → ``mimicshield protect`` arguments for a quick CPU run.
+
+    Two PGD steps of 3/255 within 6/255 on the given model; ``args`` are the inputs, ``-o`` and
+    any other options.
+    """
+
+    def arguments(*args, model_dir) -> list[str]:
+        quick = ("--steps", "2", "--eps", "6", "--step-size", "3")
+        return ["protect", *map(str, args), "--model", str(model_dir), "--device", "cpu", *quick]
+
+    return arguments

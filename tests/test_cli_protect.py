@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import numpy as np
@@ -13,37 +12,20 @@ from mimicshield.cli.main import main
 
 
 @pytest.fixture
-def folder(tmp_path, smooth_picture):
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    smooth_picture(0).save(inputs / "photo.jpg", quality=95)
-    rgba = smooth_picture(1).convert("RGBA")
+def folder(image_folder):
+    """photo.jpg, and art.png with an alpha gradient."""
+    inputs = image_folder("photo.jpg", "art.png")
+    with Image.open(inputs / "art.png") as art:
+        rgba = art.convert("RGBA")
     rgba.putalpha(Image.linear_gradient("L").resize(rgba.size))
     rgba.save(inputs / "art.png")
     return inputs
 
 
-def _digests(folder):
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
-
-
-def _protect(*args, model):
-    return main(
-        [
-            "protect",
-            *map(str, args),
-            "--model",
-            str(model),
-            "--device",
-            "cpu",
-            "--steps",
-            "2",
-            "--step-size",
-            "4",
-            "--eps",
-            "6",
-        ]
-    )
+@pytest.fixture
+def protect(run_cli, protect_args, tiny_model_dir):
+    """protect(*args) → exit code of a quick ``mimicshield protect`` run on the tiny model."""
+    return lambda *args: run_cli(*protect_args(*args, model_dir=tiny_model_dir))
 
 
 def _pixels(path):
@@ -51,11 +33,13 @@ def _pixels(path):
         return np.asarray(image.convert("RGB"), dtype=np.int16)
 
 
-def test_protects_a_folder_and_writes_a_full_record(folder, tmp_path, tiny_model_dir, capsys):
-    before = _digests(folder)
+def test_protects_a_folder_and_writes_a_full_record(
+    folder, tmp_path, tiny_model_dir, capsys, protect, digests
+):
+    before = digests(folder)
     out = tmp_path / "out"
-    assert _protect(folder, "-o", out, model=tiny_model_dir) == 0
-    assert _digests(folder) == before, "originals must never change"
+    assert protect(folder, "-o", out) == 0
+    assert digests(folder) == before, "originals must never change"
     assert (out / "photo.png").is_file() and (out / "art.png").is_file()
     for name, original in (("photo.png", "photo.jpg"), ("art.png", "art.png")):
         difference = np.abs(_pixels(out / name) - _pixels(folder / original)).max()
@@ -101,22 +85,22 @@ def test_same_seed_same_files(folder, tmp_path, tiny_model_dir):
 
 
 def test_bad_files_are_reported_and_the_rest_still_processed(
-    folder, tmp_path, tiny_model_dir, capsys
+    folder, tmp_path, tiny_model_dir, capsys, protect, digests
 ):
     (folder / "empty.png").write_bytes(b"")
     (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff garbage")
     notes = tmp_path / "notes.txt"
     notes.write_text("not an image")
     missing = tmp_path / "nowhere.png"
-    before = _digests(folder)
+    before = digests(folder)
     out = tmp_path / "out"
-    code = _protect(folder, notes, missing, "-o", out, model=tiny_model_dir)
+    code = protect(folder, notes, missing, "-o", out)
     assert code == 1
     errors = capsys.readouterr().err
     for bad in ("empty.png", "corrupt.jpg", "notes.txt", "nowhere.png"):
         assert bad in errors
     assert (out / "photo.png").is_file() and (out / "art.png").is_file()
-    assert _digests(folder) == before
+    assert digests(folder) == before
     (record_path,) = out.glob("protect-*.json")
     outcome = {
         image["input"].split("/")[-1]: image["ok"]
@@ -169,22 +153,24 @@ def test_unknown_method_is_a_usage_error(folder, tmp_path, capsys):
     assert "invalid choice: 'glaze'" in capsys.readouterr().err
 
 
-def test_output_folder_equal_to_input_folder_is_refused(folder, tiny_model_dir, capsys):
-    before = _digests(folder)
-    assert _protect(folder, "-o", folder, model=tiny_model_dir) == 2
+def test_output_folder_equal_to_input_folder_is_refused(
+    folder, tiny_model_dir, capsys, protect, digests
+):
+    before = digests(folder)
+    assert protect(folder, "-o", folder) == 2
     assert "holds the input" in capsys.readouterr().err
-    assert _digests(folder) == before
+    assert digests(folder) == before
 
 
 def test_mask_is_applied_on_disk_and_a_wrong_size_is_named(
-    folder, tmp_path, tiny_model_dir, capsys
+    folder, tmp_path, tiny_model_dir, capsys, protect
 ):
     mask = np.zeros((16, 20), dtype=np.uint8)
     mask[4:12, 5:15] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
     Image.new("RGB", (30, 30)).save(folder / "other-size.png")
     out = tmp_path / "out"
-    assert _protect(folder, "-o", out, "--mask", tmp_path / "mask.png", model=tiny_model_dir) == 1
+    assert protect(folder, "-o", out, "--mask", tmp_path / "mask.png") == 1
     assert "the mask is 20×16 but the image is 30×30" in capsys.readouterr().err
     changed = np.abs(_pixels(out / "photo.png") - _pixels(folder / "photo.jpg")).max(axis=2) > 0
     assert changed.any() and not changed[mask == 0].any()
@@ -199,24 +185,15 @@ def test_missing_model_exits_1_with_one_sentence(folder, tmp_path, capsys):
     assert "nobody-here/no-such-model" in err and "Traceback" not in err
 
 
-def test_targets_gray_and_image_file(folder, tmp_path, tiny_model_dir):
+def test_targets_gray_and_image_file(folder, tmp_path, tiny_model_dir, protect):
     for target in ("gray", str(folder / "photo.jpg")):
         out = tmp_path / f"out-{len(target)}"
         assert (
-            _protect(
-                folder / "art.png",
-                "-o",
-                out,
-                "--method",
-                "photoguard",
-                "--target",
-                target,
-                model=tiny_model_dir,
-            )
+            protect(folder / "art.png", "-o", out, "--method", "photoguard", "--target", target)
             == 0
         )
     assert (
-        _protect(
+        protect(
             folder / "art.png",
             "-o",
             tmp_path / "x",
@@ -224,19 +201,18 @@ def test_targets_gray_and_image_file(folder, tmp_path, tiny_model_dir):
             "sdst",
             "--target",
             tmp_path / "none.png",
-            model=tiny_model_dir,
         )
         == 2
     )
 
 
-def test_name_collisions_get_distinct_outputs(tmp_path, tiny_model_dir, smooth_picture):
+def test_name_collisions_get_distinct_outputs(tmp_path, tiny_model_dir, smooth_picture, protect):
     inputs = tmp_path / "in"
     inputs.mkdir()
     smooth_picture(0).save(inputs / "same.jpg")
     smooth_picture(1).save(inputs / "same.png")
     out = tmp_path / "out"
-    assert _protect(inputs, "-o", out, model=tiny_model_dir) == 0
+    assert protect(inputs, "-o", out) == 0
     assert sorted(p.name for p in out.glob("*.png")) == ["same.png", "same.png.png"]
 
 
@@ -248,9 +224,9 @@ def test_env_prints_versions_and_devices(capsys):
 
 @pytest.mark.parametrize("switch, expected", [((), True), (("--no-channels-last",), False)])
 def test_channels_last_is_the_cpu_default_and_can_be_turned_off(
-    switch, expected, folder, tmp_path, tiny_model_dir
+    switch, expected, folder, tmp_path, tiny_model_dir, protect
 ):
     out = tmp_path / "out"
-    assert _protect(folder, "-o", out, *switch, model=tiny_model_dir) == 0
+    assert protect(folder, "-o", out, *switch) == 0
     (record_path,) = out.glob("protect-*.json")
     assert json.loads(record_path.read_text())["speed"]["channels_last"] is expected

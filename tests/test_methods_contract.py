@@ -80,18 +80,6 @@ def test_model_state_is_restored_and_weights_get_no_gradient(name, tiny_model, i
     tiny_model.unet.eval()
 
 
-def _count_unet_calls(model, monkeypatch):
-    calls = {"with_grad": 0, "no_grad": 0}
-    original = model.unet.forward
-
-    def counting(*args, **kwargs):
-        calls["with_grad" if torch.is_grad_enabled() else "no_grad"] += 1
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(model.unet, "forward", counting)
-    return calls
-
-
 @pytest.mark.parametrize(
     "name, with_grad, no_grad",
     [
@@ -104,10 +92,10 @@ def _count_unet_calls(model, monkeypatch):
     ],
 )
 def test_no_unet_pass_the_loss_does_not_use(
-    name, with_grad, no_grad, tiny_model, images, monkeypatch
+    name, with_grad, no_grad, tiny_model, images, count_unet_calls
 ):
-    calls = _count_unet_calls(tiny_model, monkeypatch)
-    run(name, tiny_model, images)
+    with count_unet_calls(tiny_model) as calls:
+        run(name, tiny_model, images)
     assert calls == {"with_grad": with_grad, "no_grad": no_grad}
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 import pytest
@@ -30,20 +29,6 @@ from mimicshield.mimicry import (
     textual_inversion,
 )
 from mimicshield.models.random_weights import TINY
-
-
-def _seed(value: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(value)
-
-
-@contextlib.contextmanager
-def _count_unet_calls(model):
-    calls = []
-    handle = model.unet.register_forward_hook(lambda module, args, output: calls.append(1))
-    try:
-        yield calls
-    finally:
-        handle.remove()
 
 
 def _snapshot(model):
@@ -80,9 +65,9 @@ def _assert_same_state(model, before):
 
 
 @pytest.fixture
-def odd_images():
+def odd_images(seeded):
     """Two images (2, 3, 17, 20): H not a multiple of the VAE's factor, values at both ends."""
-    images = torch.rand(2, 3, 17, 20, generator=_seed(5))
+    images = torch.rand(2, 3, 17, 20, generator=seeded(5))
     images[:, :, 0, 0], images[:, :, -1, -1] = 0.0, 1.0
     return images
 
@@ -96,12 +81,12 @@ def fresh_model():
 # ---------------------------------------------------------------------------------------- SDEdit
 
 
-def test_sdedit_shape_range_seed_and_input_untouched(tiny_model, odd_images):
+def test_sdedit_shape_range_seed_and_input_untouched(tiny_model, odd_images, seeded):
     original = odd_images.clone()
     run = dict(prompt="a photo", strength=0.3, num_inference_steps=10)
-    first = sdedit(tiny_model, odd_images, **run, generator=_seed(0))
-    again = sdedit(tiny_model, odd_images, **run, generator=_seed(0))
-    other = sdedit(tiny_model, odd_images, **run, generator=_seed(1))
+    first = sdedit(tiny_model, odd_images, **run, generator=seeded(0))
+    again = sdedit(tiny_model, odd_images, **run, generator=seeded(0))
+    other = sdedit(tiny_model, odd_images, **run, generator=seeded(1))
     assert first.shape == odd_images.shape and first.dtype == odd_images.dtype
     assert 0 <= first.min() and first.max() <= 1
     assert torch.equal(first, again)
@@ -117,16 +102,16 @@ def test_denoising_steps_is_the_floor_of_strength_times_steps(strength, steps, e
     assert denoising_steps(strength, steps) == expected
 
 
-def test_sdedit_runs_exactly_the_denoising_steps(tiny_model, images):
-    with _count_unet_calls(tiny_model) as calls:
+def test_sdedit_runs_exactly_the_denoising_steps(tiny_model, images, count_unet_calls):
+    with count_unet_calls(tiny_model) as calls:
         sdedit(tiny_model, images, prompt="a photo", strength=0.3, num_inference_steps=10)
-    assert len(calls) == 3
+    assert sum(calls.values()) == 3
 
 
-def test_sdedit_tiny_strength_runs_one_step_and_warns(tiny_model, images, caplog):
-    with caplog.at_level(logging.WARNING), _count_unet_calls(tiny_model) as calls:
+def test_sdedit_tiny_strength_runs_one_step_and_warns(tiny_model, images, caplog, count_unet_calls):
+    with caplog.at_level(logging.WARNING), count_unet_calls(tiny_model) as calls:
         edited = sdedit(tiny_model, images, prompt="a photo", strength=0.01, num_inference_steps=10)
-    assert len(calls) == 1
+    assert sum(calls.values()) == 1
     assert "less than one DDIM step" in caplog.text
     assert edited.shape == images.shape
 
@@ -194,14 +179,14 @@ def test_one_step_timestep(strength, expected):
 
 
 @pytest.mark.parametrize("fixture", ["tiny_model", "tiny_v_model"])
-def test_one_step_reconstruction_matches_ddim_x0_prediction(fixture, request, images):
+def test_one_step_reconstruction_matches_ddim_x0_prediction(fixture, request, images, seeded):
     """Against diffusers' DDIM `pred_original_sample`, which handles ε and v independently."""
     model = request.getfixturevalue(fixture)
     result = one_step_reconstruction(
-        model, images, prompt="a photo", strength=0.3, generator=_seed(3)
+        model, images, prompt="a photo", strength=0.3, generator=seeded(3)
     )
 
-    generator = _seed(3)  # same draws in the same order: posterior sample, then noise
+    generator = seeded(3)  # same draws in the same order: posterior sample, then noise
     shape = model.latent_shape(images)
     posterior_noise = torch.randn(shape, generator=generator)
     noise = torch.randn(shape, generator=generator)
@@ -218,12 +203,12 @@ def test_one_step_reconstruction_matches_ddim_x0_prediction(fixture, request, im
     torch.testing.assert_close(result, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_one_step_reconstruction_same_seed_same_output(tiny_model, odd_images):
+def test_one_step_reconstruction_same_seed_same_output(tiny_model, odd_images, seeded):
     first = one_step_reconstruction(
-        tiny_model, odd_images, prompt="a photo", strength=0.1, generator=_seed(0)
+        tiny_model, odd_images, prompt="a photo", strength=0.1, generator=seeded(0)
     )
     again = one_step_reconstruction(
-        tiny_model, odd_images, prompt="a photo", strength=0.1, generator=_seed(0)
+        tiny_model, odd_images, prompt="a photo", strength=0.1, generator=seeded(0)
     )
     assert first.shape == odd_images.shape
     assert 0 <= first.min() and first.max() <= 1
@@ -233,9 +218,9 @@ def test_one_step_reconstruction_same_seed_same_output(tiny_model, odd_images):
 # --------------------------------------------------------------------------------------- masks
 
 
-def test_generated_masks_are_binary_and_sized():
+def test_generated_masks_are_binary_and_sized(seeded):
     for name, make in MASKS.items():
-        mask = make(17, 20, generator=_seed(0))
+        mask = make(17, 20, generator=seeded(0))
         assert mask.shape == (1, 1, 17, 20), name
         assert set(mask.unique().tolist()) == {0.0, 1.0}, name
 
@@ -246,10 +231,10 @@ def test_center_and_border_are_complements_with_the_box_in_the_middle():
     assert center[0, 0, 4:12, 5:15].eq(1).all() and center.sum() == 8 * 10
 
 
-def test_strokes_are_seeded():
-    first = strokes_mask(32, 32, generator=_seed(0))
-    assert torch.equal(first, strokes_mask(32, 32, generator=_seed(0)))
-    assert not torch.equal(first, strokes_mask(32, 32, generator=_seed(1)))
+def test_strokes_are_seeded(seeded):
+    first = strokes_mask(32, 32, generator=seeded(0))
+    assert torch.equal(first, strokes_mask(32, 32, generator=seeded(0)))
+    assert not torch.equal(first, strokes_mask(32, 32, generator=seeded(1)))
     assert 0 < first.mean() < 1
 
 
@@ -266,11 +251,11 @@ def test_masks_reject_bad_parameters():
 
 
 @pytest.mark.parametrize("name", list(MASKS))
-def test_inpaint_keeps_pixels_outside_the_mask_exactly(tiny_model, odd_images, name):
-    mask = MASKS[name](17, 20, generator=_seed(2))
+def test_inpaint_keeps_pixels_outside_the_mask_exactly(tiny_model, odd_images, name, seeded):
+    mask = MASKS[name](17, 20, generator=seeded(2))
     original = odd_images.clone()
     result = inpaint(
-        tiny_model, odd_images, mask, prompt="a photo", num_inference_steps=3, generator=_seed(0)
+        tiny_model, odd_images, mask, prompt="a photo", num_inference_steps=3, generator=seeded(0)
     )
     keep = (mask < 0.5).expand_as(odd_images)
     assert result.shape == odd_images.shape and result.dtype == odd_images.dtype
@@ -280,11 +265,11 @@ def test_inpaint_keeps_pixels_outside_the_mask_exactly(tiny_model, odd_images, n
     assert torch.equal(odd_images, original)
 
 
-def test_inpaint_same_seed_same_output_and_per_image_masks(tiny_model, images):
+def test_inpaint_same_seed_same_output_and_per_image_masks(tiny_model, images, seeded):
     masks = torch.cat([center_mask(16, 20), border_mask(16, 20)])  # (2, 1, 16, 20)
     run = dict(prompt="a photo", num_inference_steps=3, guidance_scale=1.0)
-    first = inpaint(tiny_model, images, masks, **run, generator=_seed(0))
-    assert torch.equal(first, inpaint(tiny_model, images, masks, **run, generator=_seed(0)))
+    first = inpaint(tiny_model, images, masks, **run, generator=seeded(0))
+    assert torch.equal(first, inpaint(tiny_model, images, masks, **run, generator=seeded(0)))
     for index in range(2):
         keep = (masks[index] < 0.5).expand_as(images[index])
         assert torch.equal(first[index][keep], images[index][keep])
@@ -343,7 +328,9 @@ def test_inpaint_uses_the_inpainting_unet_when_it_has_nine_channels(tiny_model, 
 # --------------------------------------------------------------------------- textual inversion
 
 
-def test_textual_inversion_leaves_tokenizer_and_text_encoder_exactly_as_before(fresh_model, images):
+def test_textual_inversion_leaves_tokenizer_and_text_encoder_exactly_as_before(
+    fresh_model, images, seeded
+):
     # A mixed state, so that "restored" cannot pass by accident: encoder training, UNet eval,
     # one encoder layer trainable.
     fresh_model.text_encoder.train()
@@ -354,7 +341,7 @@ def test_textual_inversion_leaves_tokenizer_and_text_encoder_exactly_as_before(f
 
     config = TextualInversionConfig(steps=4, batch_size=2)
     generated, token = textual_inversion(
-        fresh_model, images, config=config, num_images=2, num_inference_steps=2, generator=_seed(0)
+        fresh_model, images, config=config, num_images=2, num_inference_steps=2, generator=seeded(0)
     )
 
     _assert_same_state(fresh_model, before)
@@ -365,11 +352,11 @@ def test_textual_inversion_leaves_tokenizer_and_text_encoder_exactly_as_before(f
     assert len(token.losses) == 4 and all(torch.isfinite(torch.tensor(token.losses)))
 
 
-def test_learn_token_same_seed_same_embedding(tiny_model, images):
+def test_learn_token_same_seed_same_embedding(tiny_model, images, seeded):
     config = TextualInversionConfig(steps=3)
-    first = learn_token(tiny_model, images, config, generator=_seed(0))
-    again = learn_token(tiny_model, images, config, generator=_seed(0))
-    other = learn_token(tiny_model, images, config, generator=_seed(1))
+    first = learn_token(tiny_model, images, config, generator=seeded(0))
+    again = learn_token(tiny_model, images, config, generator=seeded(0))
+    other = learn_token(tiny_model, images, config, generator=seeded(1))
     assert torch.equal(first.embedding, again.embedding)
     assert not torch.equal(first.embedding, other.embedding)
 
@@ -428,9 +415,9 @@ def test_textual_inversion_config_is_checked(settings, message):
         TextualInversionConfig(**settings)
 
 
-def test_generate_crops_odd_sizes_and_saved_embedding_reads_back(tiny_model, tmp_path):
+def test_generate_crops_odd_sizes_and_saved_embedding_reads_back(tiny_model, tmp_path, seeded):
     token = learn_token(
-        tiny_model, torch.rand(1, 3, 16, 16, generator=_seed(0)), TextualInversionConfig(steps=1)
+        tiny_model, torch.rand(1, 3, 16, 16, generator=seeded(0)), TextualInversionConfig(steps=1)
     )
     images = generate(
         tiny_model,
@@ -439,7 +426,7 @@ def test_generate_crops_odd_sizes_and_saved_embedding_reads_back(tiny_model, tmp
         height=12,
         width=20,
         num_inference_steps=2,
-        generator=_seed(0),
+        generator=seeded(0),
     )
     assert images.shape == (3, 3, 12, 20)
     token.save(tmp_path / "learned.safetensors")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -12,18 +10,11 @@ from mimicshield.cli.main import main
 
 
 @pytest.fixture
-def folder(tmp_path, smooth_picture):
+def folder(image_folder):
     """Two readable images of one size and a corrupt one."""
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    smooth_picture(0).save(inputs / "photo.png")
-    smooth_picture(1).save(inputs / "art.jpg", quality=95)
+    inputs = image_folder("photo.png", "art.jpg")
     (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     return inputs
-
-
-def _digests(folder):
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
 
 
 def _mimic(*args, model):
@@ -36,9 +27,9 @@ def _size(path):
 
 
 def test_sdedit_writes_one_png_per_strength_and_reports_the_bad_file(
-    folder, tmp_path, tiny_model_dir, capsys
+    folder, tmp_path, tiny_model_dir, capsys, digests
 ):
-    before = _digests(folder)
+    before = digests(folder)
     out = tmp_path / "out"
     code = _mimic(
         "sdedit",
@@ -62,7 +53,7 @@ def test_sdedit_writes_one_png_per_strength_and_reports_the_bad_file(
         "photo-sdedit@0.5.png",
     ]
     assert all(_size(out / name) == (20, 16) for name in written)
-    assert _digests(folder) == before  # inputs untouched
+    assert digests(folder) == before  # inputs untouched
 
 
 def test_sdedit_same_seed_same_files_and_one_step(folder, tmp_path, tiny_model_dir):
@@ -208,11 +199,11 @@ def test_bad_strength_is_a_usage_error(folder, tmp_path, tiny_model_dir, capsys,
     assert not (tmp_path / "out").exists()
 
 
-def test_refuses_to_write_into_an_input_folder(folder, tiny_model_dir, capsys):
-    before = _digests(folder)
+def test_refuses_to_write_into_an_input_folder(folder, tiny_model_dir, capsys, digests):
+    before = digests(folder)
     assert _mimic("sdedit", folder / "photo.png", "-o", folder, model=tiny_model_dir) == 2
     assert "never overwritten" in capsys.readouterr().err
-    assert _digests(folder) == before
+    assert digests(folder) == before
 
 
 def test_textual_inversion_refuses_mixed_sizes(

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mimicshield import METHODS, Budget, LatentDiffusion, protect
+from mimicshield import METHODS, Budget, LatentDiffusion, noise_control, protect
 from mimicshield.imagefiles import read_image
 from mimicshield.metrics import latent_shift
 from mimicshield.mimicry import sdedit
@@ -52,16 +52,11 @@ def _mimic(model, images):
     )
 
 
-def _noise_control(images):
-    signs = torch.randint(0, 2, images.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    return (images + signs * BUDGET.eps).clamp(0, 1)
-
-
 @pytest.fixture(scope="module")
 def effects(mini, samples):
     """method → (mean squared distance of SDEdit outputs to the clean one's, mean ‖Δz‖∞, ‖Δz‖₂)."""
     clean_mimicry = _mimic(mini, samples)
-    perturbed = {"noise": _noise_control(samples)}
+    perturbed = {"noise": noise_control(samples, BUDGET.eps, torch.Generator().manual_seed(0))}
     for name in ("sds-", "sds+", "advdm", "photoguard", "mist", "sdst", "advdm-"):
         method = METHODS[name](budget=BUDGET)
         perturbed[name] = protect(samples, method, mini, generator=torch.Generator().manual_seed(0))

@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-from mimicshield.cli.main import main
 from mimicshield.models import default_dtypes
 from mimicshield.runtime.memory import (
     FIXED_BYTES,
@@ -145,37 +144,25 @@ def folder(tmp_path):
     return inputs
 
 
-def _protect(folder, out, model_dir, *extra):
-    return main(
-        [
-            "protect",
-            str(folder),
-            "-o",
-            str(out),
-            "--model",
-            str(model_dir),
-            "--device",
-            "cpu",
-            "--steps",
-            "1",
-            *extra,
-        ]
+@pytest.fixture
+def protect(run_cli, protect_args, tiny_model_dir):
+    """protect(folder, out, *options) → exit code of a quick run on the tiny model."""
+    return lambda folder, out, *options: run_cli(
+        *protect_args(folder, "-o", out, *options, model_dir=tiny_model_dir)
     )
 
 
 def test_cli_refuses_a_budget_that_cannot_fit_and_names_a_way_out(
-    folder, tmp_path, tiny_model_dir, capsys
+    folder, tmp_path, tiny_model_dir, capsys, protect
 ):
-    assert _protect(folder, tmp_path / "o", tiny_model_dir, "--max-memory", "1MiB") == 2
+    assert protect(folder, tmp_path / "o", "--max-memory", "1MiB") == 2
     assert "Would fit" in capsys.readouterr().err
     assert not any((tmp_path / "o").glob("*.png"))
 
 
-def test_cli_auto_batch_and_plan_recorded(folder, tmp_path, tiny_model_dir):
+def test_cli_auto_batch_and_plan_recorded(folder, tmp_path, tiny_model_dir, protect):
     out = tmp_path / "o"
-    assert (
-        _protect(folder, out, tiny_model_dir, "--batch-size", "auto", "--max-memory", "4GiB") == 0
-    )
+    assert protect(folder, out, "--batch-size", "auto", "--max-memory", "4GiB") == 0
     (record_path,) = out.glob("protect-*.json")
     record = json.loads(record_path.read_text())
     assert record["memory_plan"]["batch_size"] == record["batch_size"] >= 3

@@ -25,17 +25,13 @@ from mimicshield.purify import (
 NAMES = ["none", "jpeg75", "resize0.5", "blur1", "noise8", "diffpure0.05"]
 
 
-def seeded(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(10 * torch.log10(1 / (a.double() - b.double()).pow(2).mean()))
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_purifier_keeps_shape_dtype_range_and_leaves_the_input_alone(
-    name, images, tiny_model
+    name, images, tiny_model, seeded
 ):
     purifier = parse_purifier(name)
     before = images.clone()
@@ -47,7 +43,7 @@ def test_every_purifier_keeps_shape_dtype_range_and_leaves_the_input_alone(
 
 
 @pytest.mark.parametrize("name", ["noise8", "diffpure0.05"])
-def test_random_purifiers_are_reproducible_from_the_seed(name, images, tiny_model):
+def test_random_purifiers_are_reproducible_from_the_seed(name, images, tiny_model, seeded):
     purifier = parse_purifier(name)
     first = purifier(images, generator=seeded(3), model=tiny_model)
     again = purifier(images, generator=seeded(3), model=tiny_model)
@@ -63,7 +59,7 @@ def test_none_is_the_identity(images):
 # ------------------------------------------------------------------------ JPEG
 
 
-def test_jpeg_at_quality_100_is_close_and_lower_quality_loses_more():
+def test_jpeg_at_quality_100_is_close_and_lower_quality_loses_more(seeded):
     # Smooth colours: Pillow's default 4:2:0 chroma subsampling loses little even at 100.
     coarse = torch.rand(2, 3, 4, 5, generator=seeded(7))
     images = torch.nn.functional.interpolate(coarse, size=(32, 40), mode="bilinear")
@@ -125,14 +121,14 @@ def test_blur_keeps_constants_and_sigma_zero_is_the_identity(images):
 # ------------------------------------------------------------------------ noise
 
 
-def test_noise_std_is_in_255_units_and_zero_is_the_identity():
+def test_noise_std_is_in_255_units_and_zero_is_the_identity(seeded):
     grey = torch.full((4, 3, 64, 64), 0.5)
     noisy = gaussian_noise(grey, 8, generator=seeded())
     assert float((noisy - grey).std()) == pytest.approx(8 / 255, rel=0.03)
     assert torch.equal(gaussian_noise(grey, 0, generator=seeded()), grey)
 
 
-def test_noise_on_a_generator_gives_the_same_result_on_every_device(images):
+def test_noise_on_a_generator_gives_the_same_result_on_every_device(images, seeded):
     expected = images + torch.randn(images.shape, generator=seeded(5)) * (4 / 255)
     assert torch.allclose(gaussian_noise(images, 4, generator=seeded(5)), expected.clamp(0, 1))
 
@@ -141,7 +137,7 @@ def test_noise_on_a_generator_gives_the_same_result_on_every_device(images):
 
 
 @pytest.mark.parametrize("model_name", ["tiny_model", "tiny_v_model"])
-def test_diffusion_purification_is_ddim_from_t_to_zero(model_name, images, request):
+def test_diffusion_purification_is_ddim_from_t_to_zero(model_name, images, request, seeded):
     """The same steps with diffusers' DDIMScheduler (η = 0, final ᾱ = 1) give the same image."""
     model = request.getfixturevalue(model_name)
     purified = diffusion_purify(
@@ -168,7 +164,7 @@ def test_diffusion_purification_needs_the_model(images):
         parse_purifier("diffpure0.1")(images)
 
 
-def test_diffusion_purification_handles_sizes_off_the_vae_grid(tiny_model):
+def test_diffusion_purification_handles_sizes_off_the_vae_grid(tiny_model, seeded):
     odd = torch.rand(1, 3, 15, 21, generator=seeded(6))
     assert diffusion_purify(odd, tiny_model, strength=0.01, generator=seeded()).shape == odd.shape
 

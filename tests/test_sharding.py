@@ -153,35 +153,39 @@ def five_images(tmp_path):
     return folder
 
 
-def _protect_args(folder, out, model_dir, *extra):
-    return [
-        "protect",
-        str(folder),
-        "-o",
-        str(out),
-        "--model",
-        str(model_dir),
-        "--device",
-        "cpu",
-        "--steps",
-        "2",
-        "--eps",
-        "6",
-        "--step-size",
-        "3",
-        *extra,
-    ]
+@pytest.fixture
+def arguments(protect_args, tiny_model_dir):
+    """arguments(folder, out, *options) → a quick ``mimicshield protect`` command line."""
+    return lambda folder, out, *options: protect_args(
+        folder, "-o", out, *options, model_dir=tiny_model_dir
+    )
 
 
 def test_rerun_skips_finished_images_and_redoes_changed_ones(
-    five_images, tmp_path, tiny_model_dir, capsys
+    five_images, tmp_path, tiny_model_dir, capsys, arguments
 ):
     out = tmp_path / "out"
-    assert main(_protect_args(five_images, out, tiny_model_dir)) == 0
+    assert (
+        main(
+            arguments(
+                five_images,
+                out,
+            )
+        )
+        == 0
+    )
     first = {path.name: path.stat().st_mtime_ns for path in out.glob("*.png")}
     _picture(five_images / "p2.png", 99)  # one input edited since
     capsys.readouterr()
-    assert main(_protect_args(five_images, out, tiny_model_dir)) == 0
+    assert (
+        main(
+            arguments(
+                five_images,
+                out,
+            )
+        )
+        == 0
+    )
     assert "4 reused from earlier runs" in capsys.readouterr().out
     second = {path.name: path.stat().st_mtime_ns for path in out.glob("*.png")}
     assert {name for name in first if first[name] != second[name]} == {"p2.png"}
@@ -190,7 +194,7 @@ def test_rerun_skips_finished_images_and_redoes_changed_ones(
     assert [image["reused"] for image in images] == [True, True, False, True, True]
     assert all(image["ok"] for image in images)
     # Other settings: nothing reused.
-    assert main(_protect_args(five_images, out, tiny_model_dir, "--seed", "3")) == 0
+    assert main(arguments(five_images, out, "--seed", "3")) == 0
     assert "reused" not in capsys.readouterr().out
 
 
@@ -200,10 +204,20 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_two_processes_split_the_work_and_merge_one_record(five_images, tmp_path, tiny_model_dir):
+def test_two_processes_split_the_work_and_merge_one_record(
+    five_images, tmp_path, tiny_model_dir, arguments
+):
     """`accelerate launch` on CPU (torchrun-style launcher), 2 processes, against one process."""
     single, double = tmp_path / "single", tmp_path / "double"
-    assert main(_protect_args(five_images, single, tiny_model_dir)) == 0
+    assert (
+        main(
+            arguments(
+                five_images,
+                single,
+            )
+        )
+        == 0
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     launch = [
         sys.executable,
@@ -224,7 +238,11 @@ def test_two_processes_split_the_work_and_merge_one_record(five_images, tmp_path
         "mimicshield",
     ]
     completed = subprocess.run(
-        launch + _protect_args(five_images, double, tiny_model_dir),
+        launch
+        + arguments(
+            five_images,
+            double,
+        ),
         env=env,
         cwd=REPO,
         capture_output=True,

@@ -7,7 +7,7 @@ from importlib.metadata import PackageNotFoundError, version
 from .budget import Budget, BudgetError
 from .methods import METHODS, ProtectionMethod
 from .models import DEFAULT_MODEL, LatentDiffusion, ModelUnavailableError
-from .protect import protect
+from .protect import noise_control, protect
 from .runtime import RunOptions, RunSummary, protect_files
 
 try:
@@ -25,6 +25,7 @@ __all__ = [
     "ProtectionMethod",
     "RunOptions",
     "RunSummary",
+    "noise_control",
     "protect",
     "protect_files",
     "__version__",

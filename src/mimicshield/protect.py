@@ -80,3 +80,24 @@ def _conditioning(
             # The posterior mean: the target is fixed, so one deterministic encoding suffices.
             target_latents = model.encode(target.unsqueeze(0)).expand(batch, -1, -1, -1)
     return Conditioning(embeddings=embeddings, target_latents=target_latents)
+
+
+def noise_control(
+    images: torch.Tensor, eps: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """The equal-budget control: each channel of each pixel moved by +eps or −eps at random.
+
+    A protection method is only worth its name where it beats this: it spends the whole L∞
+    budget with no objective at all.
+
+    Args:
+        images: (B, 3, H, W) float in [0, 1]. Not modified.
+        eps: L∞ budget on the [0, 1] scale.
+        generator: the only randomness (signs drawn on the CPU, then moved to ``images``).
+
+    Returns:
+        (B, 3, H, W) in [0, 1], ``images`` plus random signs times ``eps``, clipped.
+    """
+    check_images(images)
+    signs = torch.randint(0, 2, images.shape, generator=generator).float() * 2 - 1
+    return (images + signs.to(images.device) * eps).clamp(0, 1)

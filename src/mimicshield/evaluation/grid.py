@@ -34,7 +34,7 @@ from ..methods import METHODS
 from ..metrics import LoadedMetrics
 from ..mimicry import Scenario
 from ..models import LatentDiffusion
-from ..protect import protect
+from ..protect import noise_control, protect
 from ..purify import Purifier
 from .results import KEY_COLUMNS, ResultsStore
 
@@ -177,8 +177,7 @@ class Evaluation:
     def _perturb(self, method: str, image: torch.Tensor) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.plan.seed)
         if method == NOISE_CONTROL:
-            signs = torch.randint(0, 2, image.shape, generator=generator).float() * 2 - 1
-            return (image + signs * self.plan.budget.eps).clamp(0, 1)
+            return noise_control(image, self.plan.budget.eps, generator)
         chosen = METHODS[method](budget=self.plan.budget, prompt=self.plan.prompt)
         return protect(image, chosen, self.model, generator=generator)
 
