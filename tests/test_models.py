@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+
 import pytest
 import torch
+from PIL import Image
 
 from mimicshield import LatentDiffusion, ModelUnavailableError
 from mimicshield.models import resolve_device, resolve_dtype
@@ -31,8 +37,48 @@ def test_missing_hub_model_gives_one_sentence_naming_it_and_the_fix():
         LatentDiffusion.from_pretrained("nobody-here/no-such-model", device="cpu")
     message = str(caught.value)
     assert "nobody-here/no-such-model" in message
-    assert "hf download" in message and "--model" in message
+    assert "hf download" in message and "local diffusers folder" in message
     assert message.count(". ") == 0, "one sentence"
+    assert "--" not in message, "the library does not speak in command-line flags"
+
+
+def test_the_hub_counts_as_unreachable_offline_or_when_it_refuses(monkeypatch):
+    from huggingface_hub import constants
+
+    from mimicshield.models.hub import hub_reachable
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert not hub_reachable()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    assert not hub_reachable()
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert hub_reachable(), "behind a proxy the hub client decides"
+
+
+def test_first_contact_without_network_is_one_sentence_and_no_hub_warnings(tmp_path):
+    """A fresh shell, no offline flag, a hub that refuses connections: only the one sentence."""
+    Image.new("RGB", (16, 16)).save(tmp_path / "photo.png")
+    env = {key: value for key, value in os.environ.items() if key != "HF_HUB_OFFLINE"}
+    env["HF_ENDPOINT"] = f"http://127.0.0.1:{_closed_port()}"
+    env["HF_HOME"] = str(tmp_path / "hf-home")  # an empty cache
+    command = [sys.executable, "-m", "mimicshield", "protect", str(tmp_path / "photo.png")]
+    command += ["-o", str(tmp_path / "out"), "--model", "nobody-here/no-such-model"]
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 1
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1, completed.stderr
+    assert lines[0].startswith("mimicshield: error: The model 'nobody-here/no-such-model'")
+    assert "--model" in lines[0] and "hf download" in lines[0]
+
+
+def _closed_port() -> int:
+    """A local TCP port nothing listens on (connections are refused at once)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def test_incomplete_folder_is_named(tmp_path):

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 
 from .. import BudgetError, ModelUnavailableError, __version__
 from ..imagefiles import ImageFileError
@@ -61,9 +62,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _quiet_libraries() -> None:
-    """Hide the libraries' advice about optional packages and their loading bars in the shell."""
+    """Hide the libraries' advice about optional packages and their loading bars in the shell.
+
+    The hub client's deprecation notices (about arguments the model libraries pass it) say
+    nothing a user of this command can act on.
+    """
     import diffusers
     import transformers
+
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"huggingface_hub\.")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"huggingface_hub\.")
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()

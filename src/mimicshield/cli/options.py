@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..models import DEFAULT_MODEL, DTYPES, LatentDiffusion
+from ..models import DEFAULT_MODEL, DTYPES, LatentDiffusion, ModelUnavailableError
 
 #: Exit codes: all done; some work failed (a file, a missing model); the command line was wrong.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -91,11 +91,15 @@ def load_model(args: argparse.Namespace, *, device=None, dtype: str | None = Non
     """The model of ``--model``/``--device``/``--dtype``, with its notes printed to stderr.
 
     Raises:
-        ModelUnavailableError: weights missing (``main`` prints the one sentence, exit 1).
+        CommandError: weights or device missing: the library's one sentence, exit code 1.
     """
-    model = LatentDiffusion.from_pretrained(
-        args.model, device=device or args.device, dtype=dtype or args.dtype
-    )
+    try:
+        model = LatentDiffusion.from_pretrained(
+            args.model, device=device or args.device, dtype=dtype or args.dtype
+        )
+    except ModelUnavailableError as error:
+        hint = "--model takes a hub id, a local folder or 'mini'"
+        raise CommandError(f"{str(error).rstrip('.')} ({hint}).", EXIT_FAILED) from None
     for note in model_notes(model):
         print(f"note: {note}", file=sys.stderr)
     return model

@@ -23,6 +23,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from . import random_weights
 from .devices import ModelUnavailableError, resolve_device, resolve_dtype
+from .hub import hub_reachable
 
 logger = logging.getLogger(__name__)
 
@@ -85,17 +86,22 @@ class LatentDiffusion:
             raise ModelUnavailableError(
                 f"the miniature model is not installed at {MINI_MODEL_DIR}; reinstall mimicshield"
             )
+        # Without a reachable hub, read the cache only: the hub client would otherwise retry
+        # for tens of seconds before failing with the same answer.
+        local = {"local_files_only": Path(source).exists() or not hub_reachable()}
         try:
             return cls(
-                vae=AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype),
+                vae=AutoencoderKL.from_pretrained(
+                    source, subfolder="vae", torch_dtype=dtype, **local
+                ),
                 unet=UNet2DConditionModel.from_pretrained(
-                    source, subfolder="unet", torch_dtype=dtype
+                    source, subfolder="unet", torch_dtype=dtype, **local
                 ),
                 text_encoder=CLIPTextModel.from_pretrained(
-                    source, subfolder="text_encoder", torch_dtype=dtype
+                    source, subfolder="text_encoder", torch_dtype=dtype, **local
                 ),
-                tokenizer=CLIPTokenizer.from_pretrained(source, subfolder="tokenizer"),
-                scheduler=DDPMScheduler.from_pretrained(source, subfolder="scheduler"),
+                tokenizer=CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **local),
+                scheduler=DDPMScheduler.from_pretrained(source, subfolder="scheduler", **local),
                 name=label,
             )
         except (OSError, ValueError) as error:
@@ -301,12 +307,12 @@ def _missing_model_sentence(source: str) -> str:
     if Path(source).exists():
         return (
             f"'{source}' is not a complete diffusers Stable Diffusion folder (it needs vae/, "
-            "unet/, text_encoder/, tokenizer/ and scheduler/); point --model at a folder saved "
-            "with save_pretrained or at a hub id."
+            "unet/, text_encoder/, tokenizer/ and scheduler/); use a folder saved with "
+            "save_pretrained or a hub id instead."
         )
     return (
         f"The model '{source}' is not in the local Hugging Face cache and cannot be downloaded "
-        f"now (offline or HF_HUB_OFFLINE=1): download it once with `hf download {source}` on a "
-        "machine with network, or pass --model with a local diffusers folder (or --model mini for "
-        "the bundled miniature)."
+        f"now (no network, or HF_HUB_OFFLINE=1): download it once with `hf download {source}` "
+        "on a machine with network, or use a local diffusers folder instead (or 'mini', the "
+        "bundled miniature)."
     )

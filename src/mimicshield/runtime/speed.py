@@ -74,7 +74,7 @@ def configure(model: LatentDiffusion, options: SpeedOptions) -> LatentDiffusion:
         model.vae.enable_gradient_checkpointing()
     if options.compile:
         if not hasattr(torch, "compile"):
-            raise RuntimeError("--compile needs torch ≥ 2.0 with torch.compile")
+            raise RuntimeError("compiling needs torch ≥ 2.0 with torch.compile")
         # Compile the parts every step runs; dynamic=False: one image size per batch.
         model.vae.encoder.compile(dynamic=False)
         model.unet.compile(dynamic=False)
