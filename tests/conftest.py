@@ -8,6 +8,8 @@ import hashlib
 import json
 import os
 import shutil
+import struct
+import zlib
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # no test may reach a model hub
 
@@ -158,3 +160,25 @@ def protect_args():
         return ["protect", *map(str, args), "--model", str(model_dir), "--device", "cpu", *quick]
 
     return arguments
+
+
+@pytest.fixture(scope="session")
+def png_declaring():
+    """png_declaring(path, width, height) → a tiny PNG whose header declares that size.
+
+    The pixel data is junk: the file tests what happens before anything is decoded (size
+    limits, decompression bombs) without allocating the image.
+    """
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    def write(path, width: int, height: int):
+        header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+        idat = zlib.compress(b"\0" * 64)
+        png = chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + png)
+        return path
+
+    return write

@@ -85,8 +85,9 @@ def test_same_seed_same_files(folder, tmp_path, tiny_model_dir):
 
 
 def test_bad_files_are_reported_and_the_rest_still_processed(
-    folder, tmp_path, tiny_model_dir, capsys, protect, digests
+    folder, tmp_path, tiny_model_dir, capsys, protect, digests, png_declaring
 ):
+    png_declaring(folder / "bomb.png", 30_000, 30_000)  # Pillow's decompression-bomb limit
     (folder / "empty.png").write_bytes(b"")
     (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff garbage")
     notes = tmp_path / "notes.txt"
@@ -97,8 +98,9 @@ def test_bad_files_are_reported_and_the_rest_still_processed(
     code = protect(folder, notes, missing, "-o", out)
     assert code == 1
     errors = capsys.readouterr().err
-    for bad in ("empty.png", "corrupt.jpg", "notes.txt", "nowhere.png"):
+    for bad in ("bomb.png", "empty.png", "corrupt.jpg", "notes.txt", "nowhere.png"):
         assert bad in errors
+    assert "Traceback" not in errors
     assert (out / "photo.png").is_file() and (out / "art.png").is_file()
     assert digests(folder) == before
     (record_path,) = out.glob("protect-*.json")
@@ -108,6 +110,7 @@ def test_bad_files_are_reported_and_the_rest_still_processed(
     }
     assert outcome == {
         "art.png": True,
+        "bomb.png": False,
         "corrupt.jpg": False,
         "empty.png": False,
         "photo.jpg": True,

@@ -9,7 +9,14 @@ import pytest
 import torch
 from PIL import Image, ImageCms
 
-from mimicshield.imagefiles import ImageFileError, read_back, read_image, read_mask, write_image
+from mimicshield.imagefiles import (
+    ImageFileError,
+    declared_size,
+    read_back,
+    read_image,
+    read_mask,
+    write_image,
+)
 
 
 def _save(path, image, **options):
@@ -120,6 +127,17 @@ def test_too_large_image_names_the_limit(tmp_path):
     path = _save(tmp_path / "big.png", Image.new("RGB", (40, 30)))
     with pytest.raises(ImageFileError, match="limit of 1000 pixels"):
         read_image(path, max_pixels=1000)
+
+
+def test_sizes_are_checked_before_decoding_and_bombs_are_refused_by_name(tmp_path, png_declaring):
+    bomb = png_declaring(tmp_path / "bomb.png", 30_000, 30_000)  # 900 million pixels
+    for reader in (read_image, declared_size):
+        with pytest.raises(ImageFileError, match="bomb.png: declares more pixels than the limit"):
+            reader(bomb)
+    with pytest.raises(ImageFileError, match=r"is 300×200 pixels, more than the limit of 1000"):
+        read_image(png_declaring(tmp_path / "wide.png", 300, 200), max_pixels=1000)
+    # A caller who allows that many pixels gets the header read, nothing decoded.
+    assert declared_size(bomb, max_pixels=10**9) == (30_000, 30_000)
 
 
 def test_write_refuses_the_source_and_leaves_no_partial_files(tmp_path):

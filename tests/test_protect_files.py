@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from mimicshield import METHODS, Budget, LatentDiffusion, RunOptions, protect_files
-from mimicshield.runtime import InputError, Processes, collect_inputs
+from mimicshield.runtime import InputError, MemoryPlanError, Processes, collect_inputs
+from mimicshield.runtime.memory import ModelSize, estimate_bytes
 
 
 def _method():
@@ -112,3 +113,36 @@ def test_an_output_folder_that_holds_inputs_is_refused_before_any_work(inputs, m
     with pytest.raises(InputError, match="holds the input"):
         protect_files(inputs, inputs[0].parent, _method(), model)
     assert not list(inputs[0].parent.glob("protect-*.json"))
+
+
+def test_a_decompression_bomb_is_refused_by_name_and_the_rest_protected(
+    inputs, model, tmp_path, png_declaring
+):
+    bomb = png_declaring(inputs[0].parent / "bomb.png", 30_000, 30_000)
+    summary = protect_files([*inputs, bomb], tmp_path / "out", _method(), model)
+    errors = {Path(result.input).name: result.error for result in summary.failed}
+    assert set(errors) == {"broken.png", "bomb.png"}
+    assert "bomb.png: declares more pixels than the limit" in errors["bomb.png"]
+    assert len(summary.results) - len(summary.failed) == 4
+
+
+def test_an_image_too_large_for_the_memory_budget_is_refused_alone(
+    inputs, model, tmp_path, smooth_picture
+):
+    large = inputs[0].parent / "large.png"
+    smooth_picture(9, size=(256, 256)).save(large)
+    size = ModelSize.of(model)
+    common = dict(batch_size=1, dtype="fp32", unet_backward_draws=0)
+    small_need = estimate_bytes(size, height=16, width=24, **common)
+    large_need = estimate_bytes(size, height=256, width=256, **common)
+    budget = (small_need + large_need) // 2
+    summary = protect_files(
+        [*inputs, large], tmp_path / "out", _method(), model, RunOptions(memory_budget_bytes=budget)
+    )
+    errors = {Path(result.input).name: result.error for result in summary.failed}
+    assert set(errors) == {"broken.png", "large.png"}
+    assert "large.png: too large for the memory budget" in errors["large.png"]
+    assert "Would fit" in errors["large.png"]
+    assert len(summary.results) - len(summary.failed) == 4
+    with pytest.raises(MemoryPlanError, match="Would fit"):  # a budget nothing fits is an error
+        protect_files(inputs, tmp_path / "o2", _method(), model, RunOptions(memory_budget_bytes=1))

@@ -7,9 +7,12 @@ so a full disk or a crash never leaves a half-written image, and never touches a
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,14 +63,16 @@ class LoadedImage:
         return tuple(self.pixels.shape[-2:])
 
 
-def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
-    """Read any Pillow-readable image as RGB [0, 1] plus its alpha, EXIF and ICC profile.
+def declared_size(
+    path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[int, int]:
+    """(H, W) as the file's header declares it, without decoding the pixels.
 
-    Palette images keep their transparency as alpha, grayscale becomes gray RGB, 16-bit gray is
-    scaled by 1/65535 (not truncated), CMYK goes through its ICC profile to sRGB when it has one.
+    EXIF orientation is ignored (only the pixel count matters to callers: memory planning and
+    size limits). Checked before anything is decoded, so a huge or hostile file costs nothing.
 
     Raises:
-        ImageFileError: missing, empty, corrupt, unsupported or too large.
+        ImageFileError: missing, empty, not an image, or more than ``max_pixels`` pixels.
     """
     path = Path(path)
     if not path.is_file():
@@ -75,27 +80,71 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     if path.stat().st_size == 0:
         raise ImageFileError(f"{path}: the file is empty (0 bytes)")
     try:
-        with Image.open(path) as opened:
+        with _decoding_limit(max_pixels), Image.open(path) as opened:
+            width, height = opened.size
+    except UnidentifiedImageError:
+        raise ImageFileError(f"{path}: not an image file Pillow can read") from None
+    except Image.DecompressionBombError:
+        raise ImageFileError(_too_many_pixels(path, None, max_pixels)) from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageFileError(f"{path}: corrupt or truncated image ({error})") from None
+    if width * height > max_pixels:
+        raise ImageFileError(_too_many_pixels(path, (width, height), max_pixels))
+    return height, width
+
+
+def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """Read any Pillow-readable image as RGB [0, 1] plus its alpha, EXIF and ICC profile.
+
+    Palette images keep their transparency as alpha, grayscale becomes gray RGB, 16-bit gray is
+    scaled by 1/65535 (not truncated), CMYK goes through its ICC profile to sRGB when it has one.
+    The declared size is checked against ``max_pixels`` before any pixel is decoded.
+
+    Raises:
+        ImageFileError: missing, empty, corrupt, unsupported or too large.
+    """
+    path = Path(path)
+    declared_size(path, max_pixels=max_pixels)
+    try:
+        with _decoding_limit(max_pixels), Image.open(path) as opened:
             opened.load()
             image = ImageOps.exif_transpose(opened) or opened
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageFileError(
-                    f"{path}: {width}×{height} is larger than the limit of {max_pixels} pixels "
-                    "(tiling of very large images is not supported yet); resize it first"
-                )
             tags = image.getexif()
             exif = tags.tobytes() if len(tags) else None
             pixels, alpha, icc = _to_rgb(image)
-    except ImageFileError:
-        raise
     except UnidentifiedImageError:
         raise ImageFileError(f"{path}: not an image file Pillow can read") from None
-    except Image.DecompressionBombError as error:
-        raise ImageFileError(f"{path}: refused as too large to decode safely ({error})") from None
+    except Image.DecompressionBombError:
+        raise ImageFileError(_too_many_pixels(path, None, max_pixels)) from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageFileError(f"{path}: corrupt or truncated image ({error})") from None
     return LoadedImage(path, pixels, alpha, exif, icc, opened.mode)
+
+
+@contextlib.contextmanager
+def _decoding_limit(max_pixels: int) -> Iterator[None]:
+    """Pillow's decompression-bomb limit, raised to ``max_pixels`` while one file is opened.
+
+    Pillow refuses files above twice its limit (≈ 179 million pixels) with an error and warns
+    above it; a caller who allows more pixels has decided the file is wanted. The warning is
+    silenced because the size is checked against ``max_pixels`` here anyway.
+    """
+    default = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None if default is None else max(default, max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = default
+
+
+def _too_many_pixels(path: Path, size: tuple[int, int] | None, max_pixels: int) -> str:
+    what = "declares more pixels" if size is None else f"is {size[0]}×{size[1]} pixels, more"
+    return (
+        f"{path}: {what} than the limit of {max_pixels} pixels; resize it first, or raise "
+        "the pixel limit if the file is genuine"
+    )
 
 
 def _to_rgb(image: Image.Image) -> tuple[torch.Tensor, torch.Tensor | None, bytes | None]:

@@ -7,8 +7,6 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from PIL import Image
-
 from ..imagefiles import OUTPUT_FORMATS
 
 logger = logging.getLogger(__name__)
@@ -40,25 +38,6 @@ def collect_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
     if not files:
         raise InputError("no input images: the given folders hold no image files")
     return files
-
-
-def largest_image(paths: Iterable[Path]) -> tuple[int, int] | None:
-    """(H, W) of the input with the most pixels, from the file headers only (fast).
-
-    For memory planning: only the pixel count matters, so EXIF rotation is ignored. Files that
-    cannot be opened are skipped here (they fail with a clear message when read). None if no
-    file could be opened.
-    """
-    largest: tuple[int, int] | None = None
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                width, height = image.size
-        except (OSError, SyntaxError, ValueError):
-            continue
-        if largest is None or height * width > largest[0] * largest[1]:
-            largest = (height, width)
-    return largest
 
 
 def plan_outputs(inputs: list[Path], output_dir: Path, image_format: str) -> dict[Path, Path]:

@@ -24,12 +24,13 @@ from pathlib import Path
 
 import torch
 
-from ..imagefiles import DEFAULT_MAX_PIXELS
+from ..filesystem import file_sha256
+from ..imagefiles import DEFAULT_MAX_PIXELS, ImageFileError, declared_size
 from ..methods import ProtectionMethod
 from ..models import LatentDiffusion, dtype_name, resolve_dtype
-from .files import largest_image, plan_outputs
+from .files import plan_outputs
 from .jobs import FileResult, ProtectionJob, run_job
-from .memory import MemoryPlan, ModelSize, automatic_budget, plan_memory
+from .memory import MemoryPlan, MemoryPlanError, ModelSize, automatic_budget, plan_memory
 from .processes import Processes, shard
 from .records import (
     completed_outputs,
@@ -139,7 +140,8 @@ def protect_files(
 
     Raises:
         files.InputError: the input list or the output folder cannot be used.
-        memory.MemoryPlanError: not even one image of the largest size fits the memory budget.
+        memory.MemoryPlanError: not even the smallest image fits the memory budget (larger
+            images that do not fit are refused one by one, in ``summary.failed``).
     """
     inputs = list(inputs)
     processes = processes or Processes()
@@ -155,8 +157,9 @@ def protect_files(
     # 1. Outputs, planned over the whole run so that every process agrees on names.
     outputs = plan_outputs(inputs, output, options.image_format)
 
-    # 2. Batch size and precision that fit; the model follows the chosen precision.
-    plan = fit_memory(model, job, inputs, options, processes)
+    # 2. Batch size and precision that fit the largest image that can fit; larger ones are
+    #    refused by name. The model follows the chosen precision.
+    plan, refused = fit_memory(model, job, inputs, options, processes)
     if resolve_dtype(plan.dtype) != model.dtype:
         model.to(model.device, resolve_dtype(plan.dtype))
     if options.speed is not None:
@@ -174,7 +177,7 @@ def protect_files(
     # 4. This process's share.
     mine = shard(remaining, processes.index, processes.count)
     if on_start is not None:
-        on_start(len(mine))
+        on_start(len([path for path in mine if path not in refused]))
 
     # 5. Protect, recording after each file.
     own_record = (
@@ -202,7 +205,11 @@ def protect_files(
             on_file(result)
 
     started = time.perf_counter()
-    run_job(mine, job, model, outputs=outputs, on_step=on_step, on_file=finish)
+    for path in mine:
+        if path in refused:
+            finish(FileResult(input=str(path), input_sha256=file_sha256(path), error=refused[path]))
+    to_protect = [path for path in mine if path not in refused]
+    run_job(to_protect, job, model, outputs=outputs, on_step=on_step, on_file=finish)
     seconds = time.perf_counter() - started
 
     # 6. Several processes: the main one merges the parts, reused images included.
@@ -225,11 +232,18 @@ def fit_memory(
     inputs: Sequence[Path],
     options: RunOptions,
     processes: Processes,
-) -> MemoryPlan:
-    """The memory plan for the largest input (the automatic budget counts the loaded weights).
+) -> tuple[MemoryPlan, dict[Path, str]]:
+    """The memory plan for the largest input that fits, and why each larger input cannot.
+
+    Sizes come from the file headers (nothing is decoded); files whose header cannot be read
+    are left to fail by name when they are read. The automatic budget counts the loaded weights.
+
+    Returns:
+        The plan (batch size, precision) and {input: the sentence that refuses it}.
 
     Raises:
-        memory.MemoryPlanError: not even one image fits; the message says what would.
+        memory.MemoryPlanError: not even the smallest input fits, at batch 1 in the leanest
+            precision: the budget itself is too small; the message says what would fit.
     """
     size = ModelSize.of(model)
     budget = options.memory_budget_bytes
@@ -237,14 +251,42 @@ def fit_memory(
         weights = size.parameters * model.dtype.itemsize
         sharers = processes.local_count if model.device.type == "cpu" else 1
         budget = automatic_budget(model.device, resident_bytes=weights, sharers=sharers)
-    height, width = largest_image(inputs) or _FALLBACK_SIZE
-    return plan_memory(
-        size,
-        height=height,
-        width=width,
-        unet_backward_draws=job.method.noise_samples if job.method.weights().denoising else 0,
-        budget_bytes=budget,
-        dtypes=options.dtypes or (dtype_name(model.dtype),),
-        max_batch_size=options.max_batch_size,
-        method_name=job.method.name,
-    )
+    sizes = _declared_sizes(inputs, options.max_pixels) or {None: _FALLBACK_SIZE}
+
+    def plan(height: int, width: int) -> MemoryPlan:
+        return plan_memory(
+            size,
+            height=height,
+            width=width,
+            unet_backward_draws=job.method.noise_samples if job.method.weights().denoising else 0,
+            budget_bytes=budget,
+            dtypes=options.dtypes or (dtype_name(model.dtype),),
+            max_batch_size=options.max_batch_size,
+            method_name=job.method.name,
+        )
+
+    refused: dict[Path, str] = {}
+    by_pixels = sorted(set(sizes.values()), key=lambda hw: hw[0] * hw[1], reverse=True)
+    for rank, (height, width) in enumerate(by_pixels):
+        try:
+            chosen = plan(height, width)
+        except MemoryPlanError as error:
+            if rank == len(by_pixels) - 1:
+                raise
+            for path, declared in sizes.items():
+                if declared == (height, width):
+                    refused[path] = f"{path}: too large for the memory budget: {error}"
+            continue
+        return chosen, refused
+    raise AssertionError("unreachable: the last size either fits or raises")
+
+
+def _declared_sizes(inputs: Sequence[Path], max_pixels: int) -> dict[Path, tuple[int, int]]:
+    """{input: (H, W)} for every input whose header can be read within ``max_pixels``."""
+    sizes = {}
+    for path in inputs:
+        try:
+            sizes[path] = declared_size(path, max_pixels=max_pixels)
+        except ImageFileError:
+            continue  # reported by name when the file is read
+    return sizes
