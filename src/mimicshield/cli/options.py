@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..models import DEFAULT_MODEL, DTYPES, LatentDiffusion, ModelUnavailableError
+from ..runtime.memory import AUTO_MAX_BATCH, parse_memory
 
 #: Exit codes: all done; some work failed (a file, a missing model); the command line was wrong.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -108,3 +109,35 @@ def load_model(args: argparse.Namespace, *, device=None, dtype: str | None = Non
 def print_error(message: str) -> None:
     """The one way a command reports an error."""
     print(f"mimicshield: error: {message}", file=sys.stderr)
+
+
+def batch_size_bound(text: str) -> int:
+    """--batch-size: a whole number ≥ 1 (an upper bound), or 'auto'."""
+    if text == "auto":
+        return AUTO_MAX_BATCH
+    try:
+        value = int(text)
+    except ValueError:
+        raise CommandError(f"--batch-size must be a whole number or 'auto', got '{text}'") from None
+    return at_least_one(value, "--batch-size")
+
+
+def memory_budget(text: str) -> int | None:
+    """--max-memory: a size in bytes, or None for 'auto'."""
+    if text == "auto":
+        return None
+    try:
+        return parse_memory(text)
+    except ValueError as error:
+        raise CommandError(f"--max-memory: {error}") from None
+
+
+def at_least_one(value: int, name: str) -> int:
+    """``value`` if it is ≥ 1.
+
+    Raises:
+        CommandError: naming ``name`` and the value.
+    """
+    if value < 1:
+        raise CommandError(f"{name} must be at least 1, got {value}")
+    return value

@@ -20,12 +20,20 @@ from ..runtime import (
     RunSummary,
     SpeedOptions,
     collect_inputs,
-    parse_memory,
     plan_outputs,
     protect_files,
 )
 from ..runtime.memory import AUTO_MAX_BATCH
-from .options import EXIT_FAILED, EXIT_OK, CommandError, add_model_options, load_model
+from .options import (
+    EXIT_FAILED,
+    EXIT_OK,
+    CommandError,
+    add_model_options,
+    at_least_one,
+    batch_size_bound,
+    load_model,
+    memory_budget,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -129,9 +137,9 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         mask=None if args.mask is None else read_mask(args.mask),
         image_format=args.format,
-        max_pixels=_at_least_one(args.max_pixels, "--max-pixels"),
-        max_batch_size=_batch_size(args.batch_size),
-        memory_budget_bytes=_memory(args.max_memory),
+        max_pixels=at_least_one(args.max_pixels, "--max-pixels"),
+        max_batch_size=batch_size_bound(args.batch_size),
+        memory_budget_bytes=memory_budget(args.max_memory),
         resume=args.resume,
         record_extra={"command": sys.argv},
     )
@@ -220,30 +228,3 @@ def _method(args: argparse.Namespace) -> ProtectionMethod:
         return method_class(**settings)
     except ValueError as error:  # a setting out of range, named in the message
         raise CommandError(str(error)) from None
-
-
-def _batch_size(text: str) -> int:
-    """--batch-size: a whole number ≥ 1 (an upper bound), or 'auto'."""
-    if text == "auto":
-        return AUTO_MAX_BATCH
-    try:
-        value = int(text)
-    except ValueError:
-        raise CommandError(f"--batch-size must be a whole number or 'auto', got '{text}'") from None
-    return _at_least_one(value, "--batch-size")
-
-
-def _memory(text: str) -> int | None:
-    """--max-memory: a size in bytes, or None for 'auto'."""
-    if text == "auto":
-        return None
-    try:
-        return parse_memory(text)
-    except ValueError as error:
-        raise CommandError(f"--max-memory: {error}") from None
-
-
-def _at_least_one(value: int, name: str) -> int:
-    if value < 1:
-        raise CommandError(f"{name} must be at least 1, got {value}")
-    return value
