@@ -4,4 +4,5 @@ import sys
 
 from .cli.main import main
 
-sys.exit(main())
+if __name__ == "__main__":  # also under `accelerate launch -m`; not when merely imported
+    sys.exit(main())

@@ -34,6 +34,18 @@ def protect(
 
     Returns:
         (B, 3, H, W) in [0, 1], same dtype and device as ``images``, within ``method.budget``.
+
+    Examples:
+        >>> import torch
+        >>> from mimicshield import METHODS, Budget, LatentDiffusion, protect
+        >>> model = LatentDiffusion.random("tiny")  # random weights: the mechanics only
+        >>> method = METHODS["sds-"](budget=Budget.from_255(eps=16, step_size=4, steps=2))
+        >>> images = torch.rand(2, 3, 24, 32, generator=torch.Generator().manual_seed(0))
+        >>> protected = protect(images, method, model, generator=torch.Generator().manual_seed(0))
+        >>> protected.shape
+        torch.Size([2, 3, 24, 32])
+        >>> bool((protected - images).abs().max() <= 16 / 255)
+        True
     """
     # 1. Check the inputs and pad to the VAE's multiple.
     check_images(images)
