@@ -111,6 +111,9 @@ def test_report_references_only_existing_files(folder, tmp_path, tiny_model):
     assert "mimicry/clean/sdedit@0.3/a.png" in sources
     assert "mimicry/sds-/none/sdedit@0.3/a.png" in sources
     assert "a note" in page and "Worst case over purifiers" in page
+    # ‖Δz‖∞, ‖Δx‖∞ and their ratio, under the names the latent-shift metric writes
+    for column in ("latent_shift_latent_linf", "latent_shift_pixel_linf", "latent_shift_ratio"):
+        assert f"<th>{column}</th>" in page
 
 
 def test_report_escapes_names_and_notes(tmp_path):
