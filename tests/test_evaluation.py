@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -109,21 +111,31 @@ def test_report_references_only_existing_files(folder, tmp_path, tiny_model):
     assert "mimicry/clean/sdedit@0.3/a.png" in sources
     assert "mimicry/sds-/none/sdedit@0.3/a.png" in sources
     assert "a note" in page and "Worst case over purifiers" in page
+    # ‖Δz‖∞, ‖Δx‖∞ and their ratio, under the names the latent-shift metric writes
+    for column in ("latent_shift_latent_linf", "latent_shift_pixel_linf", "latent_shift_ratio"):
+        assert f"<th>{column}</th>" in page
 
 
-def test_worst_case_keeps_the_purifier_that_helps_the_imitator_most(tmp_path):
+def test_report_escapes_names_and_notes(tmp_path):
+    attack = "<script>alert(1)</script>"
     store = ResultsStore(tmp_path, {"f": 1})
-    common = {"method": "m", "scenario": "sdedit", "variant": "sdedit@0.3", "image": "a"}
+    keys = {"method": attack, "purifier": "none", "image": attack}
     store.add(
         [
-            common | {"purifier": "none", "ssim": 0.5, "lpips": 0.4},
-            common | {"purifier": "jpeg75", "ssim": 0.8, "lpips": 0.1},
-            common | {"purifier": "blur1", "ssim": 0.6, "lpips": 0.3},
+            keys | {"scenario": "visibility", "variant": "protected", "psnr": 30.0},
+            keys | {"scenario": "sdedit", "variant": f"{attack}@0.3", "ssim": 0.5},
         ]
     )
-    page = write_report(tmp_path, store, title="t").read_text()
-    worst = page.split("Worst case over purifiers")[1].split("</table>")[0]
-    assert "<td>0.8</td>" in worst and "<td>0.1</td>" in worst
+    page = write_report(tmp_path, store, title=attack, notes=[attack], plan_json=attack).read_text()
+    assert "<script" not in page
+    # title ×2, note, tables, image grid, settings
+    assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 6
+
+
+def test_importing_the_evaluation_leaves_matplotlib_unimported():
+    code = "import sys, mimicshield.evaluation; print('matplotlib' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr
 
 
 def test_results_store_reloads_its_rows(tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .. import Budget
 from ..evaluation import Evaluation, EvaluationPlan, plan_record, write_report
-from ..evaluation.report import method_summary
+from ..evaluation.summary import method_summary
 from ..imagefiles import read_image
 from ..metrics import load_metrics
 from ..mimicry import SDEditScenario
