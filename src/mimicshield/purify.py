@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .models import LatentDiffusion
-from .tensors import check_images, pad_to_multiple
+from .tensors import check_images, pad_to_multiple, randn
 
 # ---------------------------------------------------------------------- pure functions
 
@@ -124,9 +124,8 @@ def gaussian_noise(
     """
     check_images(images)
     _check_range("noise std", std, 0, 255)
-    device = generator.device if generator is not None else torch.device("cpu")
-    noise = torch.randn(images.shape, generator=generator, device=device)
-    noisy = images.detach().float() + noise.to(images.device) * (std / 255)
+    noise = randn(images.shape, generator, device=images.device)
+    noisy = images.detach().float() + noise * (std / 255)
     return noisy.clamp(0, 1).to(images.dtype)
 
 
@@ -167,8 +166,7 @@ def diffusion_purify(
     with model.frozen(), torch.no_grad():
         # 2. The latent (posterior mean: the purifier's only randomness is the noise), noised.
         latents = model.encode(padded)
-        device = generator.device if generator is not None else torch.device("cpu")
-        noise = torch.randn(latents.shape, generator=generator, device=device).to(latents)
+        noise = randn(latents.shape, generator, device=latents.device, dtype=latents.dtype)
         batch = latents.shape[0]
         start_batch = torch.full((batch,), start, dtype=torch.long, device=latents.device)
         latents = model.add_noise(latents, noise, start_batch)

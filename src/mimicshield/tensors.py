@@ -1,7 +1,8 @@
-"""Checks and shape helpers for image tensors, shared by protection, mimicry, metrics and purifiers.
+"""Checks and small tensor helpers, shared by protection, mimicry, metrics and purifiers.
 
 Every public function that takes images validates them here, so the messages are the same
-everywhere and name the expected and the actual value.
+everywhere and name the expected and the actual value. Random draws go through ``randn``,
+``rand`` and ``randint`` so that a seed gives the same numbers whatever device the model is on.
 """
 
 from __future__ import annotations
@@ -57,6 +58,53 @@ def check_mask(mask: torch.Tensor, images: torch.Tensor) -> None:
         raise ValueError(
             f"mask must lie in [0, 1], got values in [{float(mask.min()):g}, {float(mask.max()):g}]"
         )
+
+
+def draw_device(generator: torch.Generator | None) -> torch.device:
+    """The device random draws happen on: the generator's, or the CPU without one."""
+    return generator.device if generator is not None else torch.device("cpu")
+
+
+def randn(
+    shape: tuple[int, ...],
+    generator: torch.Generator | None,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Standard normal draw of ``shape``, made on the generator's device, then moved.
+
+    Like diffusers' ``randn_tensor``: drawing where the generator lives (in the default float
+    dtype) makes the numbers depend on the seed only, not on the target ``device``/``dtype``
+    (None keeps the generator's device and the default dtype).
+    """
+    drawn = torch.randn(shape, generator=generator, device=draw_device(generator))
+    return drawn.to(device=device, dtype=dtype)
+
+
+def rand(
+    shape: tuple[int, ...],
+    generator: torch.Generator | None,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Uniform draw in [0, 1) of ``shape``, on the generator's device, then moved (as ``randn``)."""
+    drawn = torch.rand(shape, generator=generator, device=draw_device(generator))
+    return drawn.to(device=device, dtype=dtype)
+
+
+def randint(
+    low: int,
+    high: int,
+    shape: tuple[int, ...],
+    generator: torch.Generator | None,
+    *,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Whole numbers uniform in [low, high) (int64) of ``shape``, drawn as ``randn`` draws."""
+    drawn = torch.randint(low, high, shape, generator=generator, device=draw_device(generator))
+    return drawn.to(device=device)
 
 
 def pad_to_multiple(

@@ -27,17 +27,6 @@ def check_guidance(guidance_scale: float) -> None:
         raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
 
 
-def randn(
-    shape: tuple[int, ...], generator: torch.Generator | None, model: LatentDiffusion
-) -> torch.Tensor:
-    """Standard normal drawn on the generator's device (CPU by default), moved to the model's.
-
-    Drawing where the generator lives makes results independent of the model's device.
-    """
-    device = generator.device if generator is not None else torch.device("cpu")
-    return torch.randn(shape, generator=generator, device=device).to(model.device, model.dtype)
-
-
 def build_pipeline(
     pipeline_class: type[PipelineT], model: LatentDiffusion, **overrides: object
 ) -> PipelineT:

@@ -18,13 +18,12 @@ import torch
 from diffusers import StableDiffusionImg2ImgPipeline
 
 from ..models import LatentDiffusion
-from ..tensors import check_images, pad_to_multiple
+from ..tensors import check_images, pad_to_multiple, randn
 from ._common import (
     build_pipeline,
     check_guidance,
     check_positive,
     check_strength,
-    randn,
     to_caller,
 )
 
@@ -148,9 +147,11 @@ def one_step_reconstruction(
 
     with model.frozen(), torch.no_grad():
         # 2. A posterior sample of the latent, as the pipelines take it, noised to t.
-        latents = model.encode(padded, posterior_noise=randn(shape, generator, model))
+        posterior_noise = randn(shape, generator, device=model.device, dtype=model.dtype)
+        latents = model.encode(padded, posterior_noise)
         timesteps = torch.full((shape[0],), timestep, dtype=torch.long, device=model.device)
-        noisy = model.add_noise(latents, randn(shape, generator, model), timesteps)
+        noise = randn(shape, generator, device=model.device, dtype=model.dtype)
+        noisy = model.add_noise(latents, noise, timesteps)
 
         # 3. One denoiser call, its ε̂, and the x̂₀ it implies.
         output = model.predict(noisy, timesteps, model.embed([prompt] * shape[0]))
