@@ -1,11 +1,20 @@
-"""The shared tensor helpers: random draws that depend on the seed only."""
+"""The shared tensor helpers: random draws that depend on the seed only, the Gaussian filter."""
 
 from __future__ import annotations
 
 import pytest
+import scipy.signal
 import torch
+import torch.nn.functional as F
 
-from mimicshield.tensors import draw_device, rand, randint, randn
+from mimicshield.tensors import (
+    draw_device,
+    gaussian_kernel1d,
+    rand,
+    randint,
+    randn,
+    separable_filter,
+)
 
 #: (device, dtype) targets; "meta" stands in for an accelerator where there is none.
 TARGETS = [("cpu", torch.float64), ("meta", torch.float16)]
@@ -56,3 +65,27 @@ def test_randint_stays_in_its_half_open_range():
     values = randint(-3, 7, (1000,), _generator())
     assert values.dtype == torch.int64
     assert int(values.min()) == -3 and int(values.max()) == 6
+
+
+@pytest.mark.parametrize(("size", "sigma"), [(1, 1.0), (9, 1.0), (11, 1.5), (25, 3.0)])
+def test_gaussian_kernel_is_scipys_normalised_window(size, sigma):
+    taps = gaussian_kernel1d(size, sigma)
+    window = torch.from_numpy(scipy.signal.windows.gaussian(size, std=sigma))
+    assert taps.dtype == torch.float64
+    assert torch.allclose(taps, window / window.sum(), rtol=0, atol=1e-15)
+    assert torch.equal(gaussian_kernel1d(size, sigma, dtype=torch.float32), taps.float())
+
+
+@pytest.mark.parametrize("size", [0, 4, -3])
+def test_gaussian_kernel_refuses_an_even_or_empty_size(size):
+    with pytest.raises(ValueError, match=f"kernel size must be odd and ≥ 1, got {size}"):
+        gaussian_kernel1d(size, 1.0)
+
+
+def test_separable_filter_is_the_2d_convolution_with_the_outer_product():
+    images = torch.rand(2, 3, 12, 15, generator=_generator(), dtype=torch.float64)
+    taps = gaussian_kernel1d(5, 1.2)
+    kernel = torch.outer(taps, taps).expand(3, 1, 5, 5)
+    filtered = separable_filter(images, taps)
+    assert filtered.shape == (2, 3, 8, 11)
+    assert torch.allclose(filtered, F.conv2d(images, kernel, groups=3), rtol=0, atol=1e-14)

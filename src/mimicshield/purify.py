@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .models import LatentDiffusion
-from .tensors import check_images, pad_to_multiple, randn
+from .tensors import check_images, gaussian_kernel1d, pad_to_multiple, randn, separable_filter
 
 # ---------------------------------------------------------------------- pure functions
 
@@ -98,14 +98,9 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     radius = int(4 * sigma + 0.5)
     if radius == 0:
         return images.detach().clone()
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64, device=images.device)
-    taps = torch.exp(-(offsets**2) / (2 * sigma**2))
-    taps = (taps / taps.sum()).float()
-    size = 2 * radius + 1
+    taps = gaussian_kernel1d(2 * radius + 1, sigma, device=images.device, dtype=torch.float32)
     pixels = F.pad(images.detach().float(), (radius, radius, radius, radius), mode="replicate")
-    pixels = F.conv2d(pixels, taps.view(1, 1, 1, size).expand(3, 1, 1, size), groups=3)
-    pixels = F.conv2d(pixels, taps.view(1, 1, size, 1).expand(3, 1, size, 1), groups=3)
-    return pixels.clamp(0, 1).to(images.dtype)
+    return separable_filter(pixels, taps).clamp(0, 1).to(images.dtype)
 
 
 def gaussian_noise(

@@ -3,6 +3,7 @@
 Every public function that takes images validates them here, so the messages are the same
 everywhere and name the expected and the actual value. Random draws go through ``randn``,
 ``rand`` and ``randint`` so that a seed gives the same numbers whatever device the model is on.
+The blur purifier and SSIM share one Gaussian kernel and one separable filter.
 """
 
 from __future__ import annotations
@@ -105,6 +106,42 @@ def randint(
     """Whole numbers uniform in [low, high) (int64) of ``shape``, drawn as ``randn`` draws."""
     drawn = torch.randint(low, high, shape, generator=generator, device=draw_device(generator))
     return drawn.to(device=device)
+
+
+def gaussian_kernel1d(
+    size: int,
+    sigma: float,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """Normalised Gaussian taps (size,) at offsets −(size − 1)/2 … (size − 1)/2, σ in pixels.
+
+    Computed in float64 whatever ``dtype`` (the taps sum to one to the double) and cast at the
+    end, so a blur in float32 and a metric in float64 use the same kernel. ``size`` is odd.
+    """
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"kernel size must be odd and ≥ 1, got {size}")
+    radius = size // 2
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64, device=device)
+    taps = torch.exp(-(offsets**2) / (2 * sigma**2))
+    return (taps / taps.sum()).to(dtype)
+
+
+def separable_filter(images: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """Filter each channel with ``taps`` along the width, then along the height, unpadded.
+
+    Args:
+        images: (B, C, H, W), in the dtype of ``taps``; pad first for an output of input size.
+        taps: (k,) one-dimensional kernel.
+
+    Returns:
+        (B, C, H − k + 1, W − k + 1): only the pixels whose whole window lies inside ``images``.
+    """
+    channels, size = images.shape[1], taps.numel()
+    rows = taps.view(1, 1, 1, size).expand(channels, 1, 1, size)
+    columns = taps.view(1, 1, size, 1).expand(channels, 1, size, 1)
+    return F.conv2d(F.conv2d(images, rows, groups=channels), columns, groups=channels)
 
 
 def pad_to_multiple(

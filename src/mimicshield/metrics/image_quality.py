@@ -9,7 +9,8 @@ agreement with ``skimage.metrics.structural_similarity``.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from ..tensors import gaussian_kernel1d, separable_filter
 
 _SSIM_SIGMA = 1.5
 _SSIM_RADIUS = 5  # int(3.5 · σ + 0.5): scikit-image's truncation of the Gaussian
@@ -46,15 +47,11 @@ def ssim(images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
             f"SSIM needs images of at least {size}×{size}, got {tuple(images.shape[-2:])}"
         )
     x, y = images.double(), references.double()
-    channels = x.shape[1]
-    offsets = torch.arange(size, dtype=torch.float64, device=x.device) - _SSIM_RADIUS
-    taps = torch.exp(-(offsets**2) / (2 * _SSIM_SIGMA**2))
-    taps = taps / taps.sum()
+    taps = gaussian_kernel1d(size, _SSIM_SIGMA, device=x.device)
 
     def blur(t: torch.Tensor) -> torch.Tensor:
-        # Separable Gaussian, 'valid' region only: exactly the pixels scikit-image keeps.
-        t = F.conv2d(t, taps.view(1, 1, 1, size).expand(channels, 1, 1, size), groups=channels)
-        return F.conv2d(t, taps.view(1, 1, size, 1).expand(channels, 1, size, 1), groups=channels)
+        # Unpadded, so only the pixels scikit-image keeps (borders of the radius excluded).
+        return separable_filter(t, taps)
 
     mean_x, mean_y = blur(x), blur(y)
     var_x = blur(x * x) - mean_x**2
