@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .imagefiles import to_levels
 from .models import LatentDiffusion
 from .tensors import check_images, gaussian_kernel1d, pad_to_multiple, randn, separable_filter
 
@@ -50,7 +51,7 @@ def jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
     """
     check_images(images)
     _check_range("JPEG quality", quality, 1, 100, whole=True)
-    levels = (images.detach().float().cpu() * 255).round().to(torch.uint8)
+    levels = to_levels(images.cpu())
     decoded = []
     for image in levels.permute(0, 2, 3, 1).numpy():
         buffer = io.BytesIO()
