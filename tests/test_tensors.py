@@ -1,13 +1,22 @@
-"""The shared tensor helpers: random draws that depend on the seed only, the Gaussian filter."""
+"""The shared tensor helpers: checks, random draws that depend on the seed only, the Gaussian."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import scipy.signal
 import torch
 import torch.nn.functional as F
 
 from mimicshield.tensors import (
+    check_guidance,
+    check_images,
+    check_pair,
+    check_positive,
+    check_range,
+    check_strength,
     draw_device,
     gaussian_kernel1d,
     rand,
@@ -32,6 +41,55 @@ DRAWS = {
 
 def _generator(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize(
+    ("check", "message"),
+    [
+        (
+            lambda: check_range(7.5, "quality", 1, 100, whole=True),
+            "quality must be a whole number, got 7.5",
+        ),
+        (lambda: check_range(True, "factor", 0, 1), "factor must be a number, got True"),
+        (lambda: check_range(float("nan"), "std", 0, 255), "std must be a number, got nan"),
+        (
+            lambda: check_range(0, "factor", 0, 1, low_open=True),
+            r"factor must lie in \(0, 1\], got 0",
+        ),
+        (
+            lambda: check_range(math.inf, "sigma", 0, math.inf),
+            r"sigma must lie in \[0, inf\), got inf",
+        ),
+        (lambda: check_positive(0, "steps"), "steps must be a whole number ≥ 1, got 0"),
+        (lambda: check_positive(2.0, "steps"), "steps must be a whole number ≥ 1, got 2.0"),
+        (lambda: check_strength(1.5), r"strength must lie in \(0, 1\], got 1.5"),
+        (lambda: check_guidance(-1.0), r"guidance_scale must lie in \[0, inf\), got -1"),
+        (
+            lambda: check_images(torch.rand(1, 4, 8, 8)),
+            r"images must be a \(B, 3, H, W\) tensor, got \(1, 4, 8, 8\)",
+        ),
+        (
+            lambda: check_images(torch.rand(8, 8), channels=None),
+            r"must be a \(B, C, H, W\) tensor, got \(8, 8\)",
+        ),
+        (
+            lambda: check_pair(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 9), channels=None),
+            r"same shape, got \(1, 1, 8, 8\) and \(1, 1, 8, 9\)",
+        ),
+    ],
+)
+def test_checks_name_the_expected_and_the_actual_value(check, message):
+    with pytest.raises(ValueError, match=message):
+        check()
+
+
+def test_checks_accept_valid_values_of_any_number_type():
+    check_range(np.float32(0.5), "factor", 0, 1, low_open=True)
+    check_range(np.int64(75), "quality", 1, 100, whole=True)
+    check_positive(np.int64(3), "steps")
+    check_strength(1)
+    check_guidance(0.0)
+    check_pair(torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8), channels=None)
 
 
 @pytest.mark.parametrize("name", DRAWS)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .models import LatentDiffusion
-from .tensors import randint, randn
+from .tensors import check_positive, randint, randn
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class StepNoise:
 
         With ``samples`` = 1 the draws are the same as before K existed (same seed, same noise).
         """
-        check_noise_samples(samples)
+        check_positive(samples, "noise samples")
         shape = model.latent_shape(images)
         stacked = (samples * shape[0], *shape[1:])
         device = model.device
@@ -84,12 +84,6 @@ class StepNoise:
         noise = randn(stacked, generator, device=device)
         posterior_noise = randn(shape, generator, device=device)
         return cls(timesteps, noise, posterior_noise)
-
-
-def check_noise_samples(samples: object) -> None:
-    """Raise ValueError naming ``samples`` unless it is a whole number ≥ 1 (bools refused)."""
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"noise samples must be a whole number ≥ 1, got {samples!r}")
 
 
 def _per_draw(tensor: torch.Tensor, samples: int) -> torch.Tensor:

@@ -34,7 +34,16 @@ from PIL import Image
 
 from .imagefiles import to_levels
 from .models import LatentDiffusion
-from .tensors import check_images, gaussian_kernel1d, pad_to_multiple, randn, separable_filter
+from .tensors import (
+    check_images,
+    check_positive,
+    check_range,
+    check_strength,
+    gaussian_kernel1d,
+    pad_to_multiple,
+    randn,
+    separable_filter,
+)
 
 # ---------------------------------------------------------------------- pure functions
 
@@ -50,7 +59,7 @@ def jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
         (B, 3, H, W) multiples of 1/255, on the device and in the dtype of ``images``.
     """
     check_images(images)
-    _check_range("JPEG quality", quality, 1, 100, whole=True)
+    check_range(quality, "JPEG quality", 1, 100, whole=True)
     levels = to_levels(images.cpu())
     decoded = []
     for image in levels.permute(0, 2, 3, 1).numpy():
@@ -74,7 +83,7 @@ def resize(images: torch.Tensor, factor: float) -> torch.Tensor:
         (B, 3, H, W) in [0, 1], same device and dtype.
     """
     check_images(images)
-    _check_range("resize factor", factor, 0, 1, low_open=True)
+    check_range(factor, "resize factor", 0, 1, low_open=True)
     height, width = images.shape[-2:]
     small = (max(1, round(height * factor)), max(1, round(width * factor)))
     pixels = images.detach().float()
@@ -95,7 +104,7 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
         (B, 3, H, W) in [0, 1], same device and dtype; constant images stay constant.
     """
     check_images(images)
-    _check_range("blur sigma", sigma, 0, math.inf)
+    check_range(sigma, "blur sigma", 0, math.inf)
     radius = int(4 * sigma + 0.5)
     if radius == 0:
         return images.detach().clone()
@@ -119,7 +128,7 @@ def gaussian_noise(
         (B, 3, H, W) in [0, 1], same device and dtype.
     """
     check_images(images)
-    _check_range("noise std", std, 0, 255)
+    check_range(std, "noise std", 0, 255)
     noise = randn(images.shape, generator, device=images.device)
     noisy = images.detach().float() + noise * (std / 255)
     return noisy.clamp(0, 1).to(images.dtype)
@@ -151,9 +160,9 @@ def diffusion_purify(
     """
     # 1. Check the inputs; choose the start timestep and the DDIM timesteps down to 0.
     check_images(images)
-    _check_range("diffusion purification strength", strength, 0, 1, low_open=True)
+    check_strength(strength, "diffusion purification strength")
     total = model.num_train_timesteps
-    _check_range("num_inference_steps", num_inference_steps, 1, total, whole=True)
+    check_range(num_inference_steps, "num_inference_steps", 1, total, whole=True)
     start = max(0, round(strength * total) - 1)
     timesteps = list(range(start, -1, -(total // num_inference_steps)))
     height, width = images.shape[-2:]
@@ -277,7 +286,7 @@ class JpegPurifier(Purifier):
     whole_parameter: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        _check_range("JPEG quality", self.quality, 1, 100, whole=True)
+        check_range(self.quality, "JPEG quality", 1, 100, whole=True)
 
     def apply(self, images: torch.Tensor, generator: _Generator, model: _Model) -> torch.Tensor:
         return jpeg(images, self.quality)
@@ -291,7 +300,7 @@ class ResizePurifier(Purifier):
     parameter_help: ClassVar[str] = "<factor in (0, 1]>"
 
     def __post_init__(self) -> None:
-        _check_range("resize factor", self.factor, 0, 1, low_open=True)
+        check_range(self.factor, "resize factor", 0, 1, low_open=True)
 
     def apply(self, images: torch.Tensor, generator: _Generator, model: _Model) -> torch.Tensor:
         return resize(images, self.factor)
@@ -305,7 +314,7 @@ class BlurPurifier(Purifier):
     parameter_help: ClassVar[str] = "<sigma in pixels>"
 
     def __post_init__(self) -> None:
-        _check_range("blur sigma", self.sigma, 0, math.inf)
+        check_range(self.sigma, "blur sigma", 0, math.inf)
 
     def apply(self, images: torch.Tensor, generator: _Generator, model: _Model) -> torch.Tensor:
         return gaussian_blur(images, self.sigma)
@@ -319,7 +328,7 @@ class NoisePurifier(Purifier):
     parameter_help: ClassVar[str] = "<std in 0-255 units>"
 
     def __post_init__(self) -> None:
-        _check_range("noise std", self.std, 0, 255)
+        check_range(self.std, "noise std", 0, 255)
 
     def apply(self, images: torch.Tensor, generator: _Generator, model: _Model) -> torch.Tensor:
         return gaussian_noise(images, self.std, generator=generator)
@@ -335,8 +344,8 @@ class DiffusionPurifier(Purifier):
     needs_model: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        _check_range("diffusion purification strength", self.strength, 0, 1, low_open=True)
-        _check_range("num_inference_steps", self.num_inference_steps, 1, math.inf, whole=True)
+        check_strength(self.strength, "diffusion purification strength")
+        check_positive(self.num_inference_steps, "num_inference_steps")
 
     def apply(self, images: torch.Tensor, generator: _Generator, model: _Model) -> torch.Tensor:
         return diffusion_purify(
@@ -391,24 +400,3 @@ def _parse_number(text: str, cls: type[Purifier], *, whole: bool = False) -> int
             f"'{cls.prefix}' must be followed by {kind} {cls.parameter_help}, got "
             f"'{cls.prefix}{text}'"
         ) from None
-
-
-def _check_range(
-    what: str,
-    value: float,
-    low: float,
-    high: float,
-    *,
-    whole: bool = False,
-    low_open: bool = False,
-) -> None:
-    """Raise ValueError unless low ≤ value ≤ high (low < value if ``low_open``), finite/whole."""
-    if whole and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ValueError(f"{what} must be a whole number, got {value!r}")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ValueError(f"{what} must be a number, got {value!r}")
-    above_low = value > low if low_open else value >= low
-    if not (above_low and value <= high) or math.isinf(value):
-        opening, closing = "(" if low_open else "[", "]" if math.isfinite(high) else ")"
-        interval = f"{opening}{low:g}, {high:g}{closing}"
-        raise ValueError(f"{what} must lie in {interval}, got {value:g}")

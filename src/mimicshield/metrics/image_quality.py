@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..tensors import gaussian_kernel1d, separable_filter
+from ..tensors import check_pair, gaussian_kernel1d, separable_filter
 
 _SSIM_SIGMA = 1.5
 _SSIM_RADIUS = 5  # int(3.5 · σ + 0.5): scikit-image's truncation of the Gaussian
@@ -26,7 +26,7 @@ def psnr(images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
     Returns:
         (B,) float64; +inf where the images are identical.
     """
-    _check_pair(images, references)
+    check_pair(images, references, channels=None)
     error = (images.double() - references.double()).pow(2).flatten(1).mean(dim=1)
     return 10 * torch.log10(1.0 / error)
 
@@ -40,7 +40,7 @@ def ssim(images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
     Returns:
         (B,) float64 in [-1, 1]; 1 for identical images.
     """
-    _check_pair(images, references)
+    check_pair(images, references, channels=None)
     size = 2 * _SSIM_RADIUS + 1
     if min(images.shape[-2:]) < size:
         raise ValueError(
@@ -62,11 +62,3 @@ def ssim(images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
         (mean_x**2 + mean_y**2 + c1) * (var_x + var_y + c2)
     )
     return index.flatten(1).mean(dim=1)
-
-
-def _check_pair(images: torch.Tensor, references: torch.Tensor) -> None:
-    if images.shape != references.shape or images.dim() != 4:
-        raise ValueError(
-            "expected two (B, C, H, W) tensors of the same shape, got "
-            f"{tuple(images.shape)} and {tuple(references.shape)}"
-        )

@@ -18,14 +18,15 @@ import torch
 from diffusers import StableDiffusionImg2ImgPipeline
 
 from ..models import LatentDiffusion
-from ..tensors import check_images, pad_to_multiple, randn
-from ._common import (
-    build_pipeline,
+from ..tensors import (
     check_guidance,
+    check_images,
     check_positive,
     check_strength,
-    to_caller,
+    pad_to_multiple,
+    randn,
 )
+from ._common import build_pipeline, to_caller
 
 logger = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from torch import nn
 
 from ..models import LatentDiffusion
 from ..objectives import StepNoise, denoising_loss
-from ..tensors import check_images, pad_to_multiple, randint
-from ._common import build_pipeline, check_guidance, check_positive
+from ..tensors import check_guidance, check_images, check_positive, pad_to_multiple, randint
+from ._common import build_pipeline
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
