@@ -161,10 +161,7 @@ def diffusion_purify(
     # 1. Check the inputs; choose the start timestep and the DDIM timesteps down to 0.
     check_images(images)
     check_strength(strength, "diffusion purification strength")
-    total = model.num_train_timesteps
-    check_range(num_inference_steps, "num_inference_steps", 1, total, whole=True)
-    start = max(0, round(strength * total) - 1)
-    timesteps = list(range(start, -1, -(total // num_inference_steps)))
+    timesteps = model.ddim_timesteps(model.one_step_timestep(strength), num_inference_steps)
     height, width = images.shape[-2:]
     padded = pad_to_multiple(images.detach().float(), model.vae_scale_factor)
 
@@ -173,21 +170,19 @@ def diffusion_purify(
         latents = model.encode(padded)
         noise = randn(latents.shape, generator, device=latents.device, dtype=latents.dtype)
         batch = latents.shape[0]
-        start_batch = torch.full((batch,), start, dtype=torch.long, device=latents.device)
+        start_batch = torch.full((batch,), timesteps[0], dtype=torch.long, device=latents.device)
         latents = model.add_noise(latents, noise, start_batch)
         embeddings = model.embed([prompt] * batch)
 
         # 3. Deterministic DDIM (η = 0): x̂₀ and ε̂ at t, re-noised to the next timestep; the
         #    step after the last timestep has ᾱ = 1, i.e. lands on x̂₀.
-        alphas_cumprod = model.scheduler.alphas_cumprod.double()
-        for index, timestep in enumerate(timesteps):
+        following = torch.tensor(timesteps[1:], dtype=torch.long)
+        next_alpha_bars = model.alpha_bar(following).tolist() + [1.0]
+        for timestep, next_alpha_bar in zip(timesteps, next_alpha_bars, strict=True):
             current = torch.full((batch,), timestep, dtype=torch.long, device=latents.device)
             output = model.predict(latents, current, embeddings)
             noise_estimate = model.predicted_noise(output, latents, current)
-            alpha_bar = float(alphas_cumprod[timestep])
-            estimate = (latents - math.sqrt(1 - alpha_bar) * noise_estimate) / math.sqrt(alpha_bar)
-            following = timesteps[index + 1] if index + 1 < len(timesteps) else None
-            next_alpha_bar = 1.0 if following is None else float(alphas_cumprod[following])
+            estimate = model.predict_start(latents, current, output)
             latents = (
                 math.sqrt(next_alpha_bar) * estimate
                 + math.sqrt(1 - next_alpha_bar) * noise_estimate
