@@ -170,7 +170,7 @@ def test_cli_evaluate_on_a_two_image_folder(folder, tmp_path, tiny_model_dir, ca
         ("--purify", "none,sharpen2", "unknown purifier 'sharpen2'"),
         ("--metrics", "psnr,vibes", "unknown metric 'vibes'"),
         ("--methods", "sds-,glaze", "unknown method 'glaze'"),
-        ("--strengths", "0.3,2", "strength must be in (0, 1], got 2"),
+        ("--strengths", "0.3,2", "strength must lie in (0, 1], got 2"),
     ],
 )
 def test_cli_evaluate_bad_names_exit_2(

@@ -137,7 +137,7 @@ def test_sdedit_guidance_batches_unconditional_and_conditional(tiny_model, image
 
 @pytest.mark.parametrize("strength", [0.0, -0.1, 1.5])
 def test_sdedit_rejects_strength_outside_unit_interval(tiny_model, images, strength):
-    with pytest.raises(ValueError, match=rf"strength must be in \(0, 1\], got {strength}"):
+    with pytest.raises(ValueError, match=rf"strength must lie in \(0, 1\], got {strength:g}"):
         sdedit(tiny_model, images, prompt="a photo", strength=strength)
 
 
@@ -405,7 +405,7 @@ def test_installed_token_refuses_a_known_word_and_a_wrong_size(tiny_model):
     ("settings", "message"),
     [
         ({"placeholder": "<Upper>"}, "lower case"),
-        ({"steps": 0}, "steps must be a positive integer, got 0"),
+        ({"steps": 0}, "steps must be a whole number ≥ 1, got 0"),
         ({"learning_rate": 0.0}, "learning_rate must be > 0"),
         ({"templates": ("no slot",)}, "each contain"),
     ],

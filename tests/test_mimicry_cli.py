@@ -168,7 +168,7 @@ def test_textual_inversion_learns_from_the_readable_images_and_generates(
     [
         (["inpaint", "--mask", "nowhere.png"], "--mask must be one of"),
         (["textual-inversion", "--prompt", "no slot"], "--prompt must contain {}"),
-        (["textual-inversion", "--train-steps", "0"], "steps must be a positive integer, got 0"),
+        (["textual-inversion", "--train-steps", "0"], "steps must be a whole number ≥ 1, got 0"),
     ],
 )
 def test_usage_errors_exit_2_before_any_work(

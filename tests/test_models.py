@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from mimicshield import LatentDiffusion, ModelUnavailableError
-from mimicshield.models import resolve_device, resolve_dtype
+from mimicshield.models import one_step_timestep, resolve_device, resolve_dtype
 
 
 def test_saved_folder_loads_back_through_the_real_loader(tiny_model_dir):
@@ -129,6 +129,48 @@ def test_add_noise_and_target_match_the_scheduler(tiny_v_model):
     torch.testing.assert_close(
         tiny_v_model.predicted_noise(velocity, noisy, timesteps), noise, rtol=1e-4, atol=1e-5
     )
+
+
+@pytest.mark.parametrize("fixture", ["tiny_model", "tiny_v_model"])
+def test_predict_start_is_the_x0_of_the_prediction_type(fixture, request):
+    model = request.getfixturevalue(fixture)
+    generator = torch.Generator().manual_seed(0)
+    noisy, output = torch.randn(2, 3, 4, 8, 8, generator=generator)
+    timesteps = torch.tensor([0, 500, 999])
+    alpha_bar = model.scheduler.alphas_cumprod.double()[timesteps].view(-1, 1, 1, 1)
+    alpha, sigma = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    if model.prediction_type == "epsilon":
+        expected = (noisy.double() - sigma * output.double()) / alpha
+    else:  # z_t = α·x₀ + σ·ε and v = α·ε − σ·x₀ give x₀ = α·z_t − σ·v
+        expected = alpha * noisy.double() - sigma * output.double()
+    estimate = model.predict_start(noisy, timesteps, output)
+    assert estimate.dtype == torch.float32
+    torch.testing.assert_close(estimate.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_model", "tiny_v_model"])
+def test_predict_start_of_the_exact_target_gives_back_the_latents(fixture, request):
+    model = request.getfixturevalue(fixture)
+    generator = torch.Generator().manual_seed(1)
+    latents, noise = torch.randn(2, 3, 4, 8, 8, generator=generator)
+    timesteps = torch.tensor([10, 400, 900])
+    noisy = model.add_noise(latents, noise, timesteps)
+    target = model.target(latents, noise, timesteps)
+    torch.testing.assert_close(
+        model.predict_start(noisy, timesteps, target), latents, rtol=1e-4, atol=1e-4
+    )
+
+
+def test_schedule_helpers(tiny_model):
+    timesteps = torch.tensor([[0, 999], [299, 500]])
+    assert torch.equal(
+        tiny_model.alpha_bar(timesteps), tiny_model.scheduler.alphas_cumprod[timesteps]
+    )
+    assert tiny_model.one_step_timestep(0.3) == one_step_timestep(0.3, 1000) == 299
+    assert tiny_model.ddim_timesteps(299, 10) == [299, 199, 99]
+    assert tiny_model.ddim_timesteps(0, 1000) == [0]
+    with pytest.raises(ValueError, match=r"num_inference_steps must lie in \[1, 1000\], got 1001"):
+        tiny_model.ddim_timesteps(299, 1001)
 
 
 def test_encode_decode_ranges_and_posterior_sampling(tiny_model):

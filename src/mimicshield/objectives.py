@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .models import LatentDiffusion
+from .tensors import check_positive, randint, randn
 
 
 @dataclass(frozen=True)
@@ -75,24 +76,14 @@ class StepNoise:
 
         With ``samples`` = 1 the draws are the same as before K existed (same seed, same noise).
         """
-        check_noise_samples(samples)
-        device = generator.device if generator is not None else torch.device("cpu")
+        check_positive(samples, "noise samples")
         shape = model.latent_shape(images)
         stacked = (samples * shape[0], *shape[1:])
-        timesteps = torch.randint(
-            0, model.num_train_timesteps, (stacked[0],), generator=generator, device=device
-        )
-        noise = torch.randn(stacked, generator=generator, device=device)
-        posterior_noise = torch.randn(shape, generator=generator, device=device)
-        return cls(
-            timesteps.to(model.device), noise.to(model.device), posterior_noise.to(model.device)
-        )
-
-
-def check_noise_samples(samples: object) -> None:
-    """Raise ValueError naming ``samples`` unless it is a whole number ≥ 1 (bools refused)."""
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"noise samples must be a whole number ≥ 1, got {samples!r}")
+        device = model.device
+        timesteps = randint(0, model.num_train_timesteps, stacked[:1], generator, device=device)
+        noise = randn(stacked, generator, device=device)
+        posterior_noise = randn(shape, generator, device=device)
+        return cls(timesteps, noise, posterior_noise)
 
 
 def _per_draw(tensor: torch.Tensor, samples: int) -> torch.Tensor:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 
 from .budget import Budget
+from .tensors import rand
 
 #: objective(images) -> scalar to maximise; images are (B, 3, H, W) float32 in [0, 1].
 Objective = Callable[[torch.Tensor], torch.Tensor]
@@ -49,8 +50,8 @@ def pgd(
 
     # 1. Start: the clean image, or a uniform draw in the ball (zero steps change nothing).
     if random_start and budget.eps > 0 and budget.steps > 0:
-        noise = torch.rand(clean.shape, generator=generator, device=_device_of(generator))
-        delta = (noise.to(clean.device) * 2 - 1) * budget.eps
+        noise = rand(clean.shape, generator, device=clean.device)
+        delta = (noise * 2 - 1) * budget.eps
     else:
         delta = torch.zeros_like(clean)
     delta = _feasible(clean, delta * keep, budget)
@@ -70,7 +71,3 @@ def _feasible(clean: torch.Tensor, delta: torch.Tensor, budget: Budget) -> torch
     """Project delta into the ball and so that clean + delta stays in [0, 1]."""
     delta = budget.project(delta)
     return (clean + delta).clamp(0, 1) - clean
-
-
-def _device_of(generator: torch.Generator | None) -> torch.device:
-    return generator.device if generator is not None else torch.device("cpu")

@@ -32,8 +32,18 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .imagefiles import to_levels
 from .models import LatentDiffusion
-from .tensors import check_images, pad_to_multiple
+from .tensors import (
+    check_images,
+    check_positive,
+    check_range,
+    check_strength,
+    gaussian_kernel1d,
+    pad_to_multiple,
+    randn,
+    separable_filter,
+)
 
 # ---------------------------------------------------------------------- pure functions
 
@@ -49,8 +59,8 @@ def jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
         (B, 3, H, W) multiples of 1/255, on the device and in the dtype of ``images``.
     """
     check_images(images)
-    _check_range("JPEG quality", quality, 1, 100, whole=True)
-    levels = (images.detach().float().cpu() * 255).round().to(torch.uint8)
+    check_range(quality, "JPEG quality", 1, 100, whole=True)
+    levels = to_levels(images.cpu())
     decoded = []
     for image in levels.permute(0, 2, 3, 1).numpy():
         buffer = io.BytesIO()
@@ -73,7 +83,7 @@ def resize(images: torch.Tensor, factor: float) -> torch.Tensor:
         (B, 3, H, W) in [0, 1], same device and dtype.
     """
     check_images(images)
-    _check_range("resize factor", factor, 0, 1, low_open=True)
+    check_range(factor, "resize factor", 0, 1, low_open=True)
     height, width = images.shape[-2:]
     small = (max(1, round(height * factor)), max(1, round(width * factor)))
     pixels = images.detach().float()
@@ -94,18 +104,13 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
         (B, 3, H, W) in [0, 1], same device and dtype; constant images stay constant.
     """
     check_images(images)
-    _check_range("blur sigma", sigma, 0, math.inf)
+    check_range(sigma, "blur sigma", 0, math.inf)
     radius = int(4 * sigma + 0.5)
     if radius == 0:
         return images.detach().clone()
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64, device=images.device)
-    taps = torch.exp(-(offsets**2) / (2 * sigma**2))
-    taps = (taps / taps.sum()).float()
-    size = 2 * radius + 1
+    taps = gaussian_kernel1d(2 * radius + 1, sigma, device=images.device, dtype=torch.float32)
     pixels = F.pad(images.detach().float(), (radius, radius, radius, radius), mode="replicate")
-    pixels = F.conv2d(pixels, taps.view(1, 1, 1, size).expand(3, 1, 1, size), groups=3)
-    pixels = F.conv2d(pixels, taps.view(1, 1, size, 1).expand(3, 1, size, 1), groups=3)
-    return pixels.clamp(0, 1).to(images.dtype)
+    return separable_filter(pixels, taps).clamp(0, 1).to(images.dtype)
 
 
 def gaussian_noise(
@@ -123,10 +128,9 @@ def gaussian_noise(
         (B, 3, H, W) in [0, 1], same device and dtype.
     """
     check_images(images)
-    _check_range("noise std", std, 0, 255)
-    device = generator.device if generator is not None else torch.device("cpu")
-    noise = torch.randn(images.shape, generator=generator, device=device)
-    noisy = images.detach().float() + noise.to(images.device) * (std / 255)
+    check_range(std, "noise std", 0, 255)
+    noise = randn(images.shape, generator, device=images.device)
+    noisy = images.detach().float() + noise * (std / 255)
     return noisy.clamp(0, 1).to(images.dtype)
 
 
@@ -156,35 +160,29 @@ def diffusion_purify(
     """
     # 1. Check the inputs; choose the start timestep and the DDIM timesteps down to 0.
     check_images(images)
-    _check_range("diffusion purification strength", strength, 0, 1, low_open=True)
-    total = model.num_train_timesteps
-    _check_range("num_inference_steps", num_inference_steps, 1, total, whole=True)
-    start = max(0, round(strength * total) - 1)
-    timesteps = list(range(start, -1, -(total // num_inference_steps)))
+    check_strength(strength, "diffusion purification strength")
+    timesteps = model.ddim_timesteps(model.one_step_timestep(strength), num_inference_steps)
     height, width = images.shape[-2:]
     padded = pad_to_multiple(images.detach().float(), model.vae_scale_factor)
 
     with model.frozen(), torch.no_grad():
         # 2. The latent (posterior mean: the purifier's only randomness is the noise), noised.
         latents = model.encode(padded)
-        device = generator.device if generator is not None else torch.device("cpu")
-        noise = torch.randn(latents.shape, generator=generator, device=device).to(latents)
+        noise = randn(latents.shape, generator, device=latents.device, dtype=latents.dtype)
         batch = latents.shape[0]
-        start_batch = torch.full((batch,), start, dtype=torch.long, device=latents.device)
+        start_batch = torch.full((batch,), timesteps[0], dtype=torch.long, device=latents.device)
         latents = model.add_noise(latents, noise, start_batch)
         embeddings = model.embed([prompt] * batch)
 
         # 3. Deterministic DDIM (η = 0): x̂₀ and ε̂ at t, re-noised to the next timestep; the
         #    step after the last timestep has ᾱ = 1, i.e. lands on x̂₀.
-        alphas_cumprod = model.scheduler.alphas_cumprod.double()
-        for index, timestep in enumerate(timesteps):
+        following = torch.tensor(timesteps[1:], dtype=torch.long)
+        next_alpha_bars = model.alpha_bar(following).tolist() + [1.0]
+        for timestep, next_alpha_bar in zip(timesteps, next_alpha_bars, strict=True):
             current = torch.full((batch,), timestep, dtype=torch.long, device=latents.device)
             output = model.predict(latents, current, embeddings)
             noise_estimate = model.predicted_noise(output, latents, current)
-            alpha_bar = float(alphas_cumprod[timestep])
-            estimate = (latents - math.sqrt(1 - alpha_bar) * noise_estimate) / math.sqrt(alpha_bar)
-            following = timesteps[index + 1] if index + 1 < len(timesteps) else None
-            next_alpha_bar = 1.0 if following is None else float(alphas_cumprod[following])
+            estimate = model.predict_start(latents, current, output)
             latents = (
                 math.sqrt(next_alpha_bar) * estimate
                 + math.sqrt(1 - next_alpha_bar) * noise_estimate
@@ -283,7 +281,7 @@ class JpegPurifier(Purifier):
     whole_parameter: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        _check_range("JPEG quality", self.quality, 1, 100, whole=True)
+        check_range(self.quality, "JPEG quality", 1, 100, whole=True)
 
     def apply(self, images: torch.Tensor, generator: _Generator, model: _Model) -> torch.Tensor:
         return jpeg(images, self.quality)
@@ -297,7 +295,7 @@ class ResizePurifier(Purifier):
     parameter_help: ClassVar[str] = "<factor in (0, 1]>"
 
     def __post_init__(self) -> None:
-        _check_range("resize factor", self.factor, 0, 1, low_open=True)
+        check_range(self.factor, "resize factor", 0, 1, low_open=True)
 
     def apply(self, images: torch.Tensor, generator: _Generator, model: _Model) -> torch.Tensor:
         return resize(images, self.factor)
@@ -311,7 +309,7 @@ class BlurPurifier(Purifier):
     parameter_help: ClassVar[str] = "<sigma in pixels>"
 
     def __post_init__(self) -> None:
-        _check_range("blur sigma", self.sigma, 0, math.inf)
+        check_range(self.sigma, "blur sigma", 0, math.inf)
 
     def apply(self, images: torch.Tensor, generator: _Generator, model: _Model) -> torch.Tensor:
         return gaussian_blur(images, self.sigma)
@@ -325,7 +323,7 @@ class NoisePurifier(Purifier):
     parameter_help: ClassVar[str] = "<std in 0-255 units>"
 
     def __post_init__(self) -> None:
-        _check_range("noise std", self.std, 0, 255)
+        check_range(self.std, "noise std", 0, 255)
 
     def apply(self, images: torch.Tensor, generator: _Generator, model: _Model) -> torch.Tensor:
         return gaussian_noise(images, self.std, generator=generator)
@@ -341,8 +339,8 @@ class DiffusionPurifier(Purifier):
     needs_model: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        _check_range("diffusion purification strength", self.strength, 0, 1, low_open=True)
-        _check_range("num_inference_steps", self.num_inference_steps, 1, math.inf, whole=True)
+        check_strength(self.strength, "diffusion purification strength")
+        check_positive(self.num_inference_steps, "num_inference_steps")
 
     def apply(self, images: torch.Tensor, generator: _Generator, model: _Model) -> torch.Tensor:
         return diffusion_purify(
@@ -397,24 +395,3 @@ def _parse_number(text: str, cls: type[Purifier], *, whole: bool = False) -> int
             f"'{cls.prefix}' must be followed by {kind} {cls.parameter_help}, got "
             f"'{cls.prefix}{text}'"
         ) from None
-
-
-def _check_range(
-    what: str,
-    value: float,
-    low: float,
-    high: float,
-    *,
-    whole: bool = False,
-    low_open: bool = False,
-) -> None:
-    """Raise ValueError unless low ≤ value ≤ high (low < value if ``low_open``), finite/whole."""
-    if whole and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ValueError(f"{what} must be a whole number, got {value!r}")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ValueError(f"{what} must be a number, got {value!r}")
-    above_low = value > low if low_open else value >= low
-    if not (above_low and value <= high) or math.isinf(value):
-        opening, closing = "(" if low_open else "[", "]" if math.isfinite(high) else ")"
-        interval = f"{opening}{low:g}, {high:g}{closing}"
-        raise ValueError(f"{what} must lie in {interval}, got {value:g}")

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from ..budget import Budget, quantise_within_budget
-from ..imagefiles import LoadedImage, read_back
+from ..imagefiles import LoadedImage, read_back, to_levels
 from ..methods import METHODS
 from ..metrics import LoadedMetrics
 from ..mimicry import Scenario
@@ -129,7 +129,7 @@ class Evaluation:
         clean = [image.pixels.unsqueeze(0) for image in self.images]
         (self.folder / "clean").mkdir(exist_ok=True)
         for name, image in zip(self.names, clean, strict=True):
-            _write_png(self.folder / "clean" / f"{name}.png", (image[0] * 255).round().byte())
+            _write_png(self.folder / "clean" / f"{name}.png", to_levels(image[0]))
         references = {}
         for scenario in self.plan.scenarios:
             references[scenario.name] = self._mimic(scenario, clean, ("clean",))
@@ -227,7 +227,7 @@ class Evaluation:
             (folder / variant).mkdir(parents=True, exist_ok=True)
             result[variant] = []
             for path, output in zip(paths[variant], batch, strict=True):
-                levels = (output.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+                levels = to_levels(output.cpu())
                 _write_png(path, levels)
                 result[variant].append(levels.float().unsqueeze(0) / 255)
         return result

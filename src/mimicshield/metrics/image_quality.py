@@ -9,7 +9,8 @@ agreement with ``skimage.metrics.structural_similarity``.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from ..tensors import check_pair, gaussian_kernel1d, separable_filter
 
 _SSIM_SIGMA = 1.5
 _SSIM_RADIUS = 5  # int(3.5 · σ + 0.5): scikit-image's truncation of the Gaussian
@@ -25,7 +26,7 @@ def psnr(images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
     Returns:
         (B,) float64; +inf where the images are identical.
     """
-    _check_pair(images, references)
+    check_pair(images, references, channels=None)
     error = (images.double() - references.double()).pow(2).flatten(1).mean(dim=1)
     return 10 * torch.log10(1.0 / error)
 
@@ -39,22 +40,18 @@ def ssim(images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
     Returns:
         (B,) float64 in [-1, 1]; 1 for identical images.
     """
-    _check_pair(images, references)
+    check_pair(images, references, channels=None)
     size = 2 * _SSIM_RADIUS + 1
     if min(images.shape[-2:]) < size:
         raise ValueError(
             f"SSIM needs images of at least {size}×{size}, got {tuple(images.shape[-2:])}"
         )
     x, y = images.double(), references.double()
-    channels = x.shape[1]
-    offsets = torch.arange(size, dtype=torch.float64, device=x.device) - _SSIM_RADIUS
-    taps = torch.exp(-(offsets**2) / (2 * _SSIM_SIGMA**2))
-    taps = taps / taps.sum()
+    taps = gaussian_kernel1d(size, _SSIM_SIGMA, device=x.device)
 
     def blur(t: torch.Tensor) -> torch.Tensor:
-        # Separable Gaussian, 'valid' region only: exactly the pixels scikit-image keeps.
-        t = F.conv2d(t, taps.view(1, 1, 1, size).expand(channels, 1, 1, size), groups=channels)
-        return F.conv2d(t, taps.view(1, 1, size, 1).expand(channels, 1, size, 1), groups=channels)
+        # Unpadded, so only the pixels scikit-image keeps (borders of the radius excluded).
+        return separable_filter(t, taps)
 
     mean_x, mean_y = blur(x), blur(y)
     var_x = blur(x * x) - mean_x**2
@@ -65,11 +62,3 @@ def ssim(images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
         (mean_x**2 + mean_y**2 + c1) * (var_x + var_y + c2)
     )
     return index.flatten(1).mean(dim=1)
-
-
-def _check_pair(images: torch.Tensor, references: torch.Tensor) -> None:
-    if images.shape != references.shape or images.dim() != 4:
-        raise ValueError(
-            "expected two (B, C, H, W) tensors of the same shape, got "
-            f"{tuple(images.shape)} and {tuple(references.shape)}"
-        )

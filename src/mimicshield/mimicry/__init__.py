@@ -16,6 +16,7 @@ comes only from the ``generator`` argument.
 
 from __future__ import annotations
 
+from ..models import one_step_timestep
 from .inpaint import inpaint, is_inpainting_model
 from .masks import MASKS, border_mask, center_mask, strokes_mask
 from .scenarios import (
@@ -25,13 +26,7 @@ from .scenarios import (
     SDEditScenario,
     TextualInversionScenario,
 )
-from .sdedit import (
-    REFERENCE_STRENGTHS,
-    denoising_steps,
-    one_step_reconstruction,
-    one_step_timestep,
-    sdedit,
-)
+from .sdedit import REFERENCE_STRENGTHS, denoising_steps, one_step_reconstruction, sdedit
 from .textual_inversion import (
     OBJECT_TEMPLATES,
     STYLE_TEMPLATES,

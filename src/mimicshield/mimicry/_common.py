@@ -1,4 +1,4 @@
-"""What the mimicry scenarios share: input checks, padding, and pipelines over the loaded parts."""
+"""What the mimicry scenarios share: pipelines over the loaded parts, outputs back to the caller."""
 
 from __future__ import annotations
 
@@ -10,32 +10,6 @@ from diffusers import DDIMScheduler, DiffusionPipeline
 from ..models import LatentDiffusion
 
 PipelineT = TypeVar("PipelineT", bound=DiffusionPipeline)
-
-
-def check_strength(strength: float) -> None:
-    if not 0 < strength <= 1:
-        raise ValueError(f"strength must be in (0, 1], got {strength}")
-
-
-def check_positive(value: int, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def check_guidance(guidance_scale: float) -> None:
-    if not guidance_scale >= 0:  # also refuses NaN
-        raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
-
-
-def randn(
-    shape: tuple[int, ...], generator: torch.Generator | None, model: LatentDiffusion
-) -> torch.Tensor:
-    """Standard normal drawn on the generator's device (CPU by default), moved to the model's.
-
-    Drawing where the generator lives makes results independent of the model's device.
-    """
-    device = generator.device if generator is not None else torch.device("cpu")
-    return torch.randn(shape, generator=generator, device=device).to(model.device, model.dtype)
 
 
 def build_pipeline(

@@ -20,13 +20,8 @@ import torch
 from diffusers import StableDiffusionInpaintPipeline
 
 from ..models import LatentDiffusion
-from ..tensors import check_images, check_mask, pad_to_multiple
-from ._common import (
-    build_pipeline,
-    check_guidance,
-    check_positive,
-    to_caller,
-)
+from ..tensors import check_guidance, check_images, check_mask, check_positive, pad_to_multiple
+from ._common import build_pipeline, to_caller
 
 logger = logging.getLogger(__name__)
 

@@ -13,6 +13,8 @@ from typing import Protocol
 
 import torch
 
+from ..tensors import draw_device, rand
+
 
 class MaskFunction(Protocol):
     def __call__(
@@ -72,7 +74,7 @@ def strokes_mask(
             f"strokes and segments must be >= 1 and thickness > 0, got strokes={strokes}, "
             f"segments={segments}, thickness={thickness}"
         )
-    device = generator.device if generator is not None else torch.device("cpu")
+    device = draw_device(generator)  # the caller chooses where masks are drawn by its generator
     side = min(height, width)
     radius = max(1.0, thickness * side / 2)  # at least 3 px wide, so strokes stay connected
     rows = torch.arange(height, dtype=torch.float32, device=device).view(-1, 1)
@@ -80,7 +82,7 @@ def strokes_mask(
     mask = torch.zeros(height, width, dtype=torch.bool, device=device)
 
     def uniform(low: float, high: float) -> float:
-        return low + (high - low) * float(torch.rand((), generator=generator, device=device))
+        return low + (high - low) * float(rand((), generator))
 
     for _ in range(strokes):
         y, x = uniform(0, height - 1), uniform(0, width - 1)

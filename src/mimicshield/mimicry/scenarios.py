@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 
 from ..models import LatentDiffusion
-from ._common import check_guidance, check_positive, check_strength
+from ..tensors import check_guidance, check_positive, check_strength
 from .inpaint import inpaint
 from .masks import MASKS
 from .sdedit import one_step_reconstruction, sdedit

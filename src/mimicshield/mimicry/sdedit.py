@@ -18,15 +18,15 @@ import torch
 from diffusers import StableDiffusionImg2ImgPipeline
 
 from ..models import LatentDiffusion
-from ..tensors import check_images, pad_to_multiple
-from ._common import (
-    build_pipeline,
+from ..tensors import (
     check_guidance,
+    check_images,
     check_positive,
     check_strength,
+    pad_to_multiple,
     randn,
-    to_caller,
 )
+from ._common import build_pipeline, to_caller
 
 logger = logging.getLogger(__name__)
 
@@ -108,15 +108,6 @@ def sdedit(
     return to_caller(edited, images)
 
 
-def one_step_timestep(strength: float, num_train_timesteps: int = 1000) -> int:
-    """The timestep of ``one_step_reconstruction``: s·T counted from 1, i.e. round(s·T) − 1.
-
-    Strength 1 gives T − 1 (pure noise for SD), 0.3 gives 299; tiny strengths give 0.
-    """
-    check_strength(strength)
-    return max(0, round(strength * num_train_timesteps) - 1)
-
-
 def one_step_reconstruction(
     model: LatentDiffusion,
     images: torch.Tensor,
@@ -134,7 +125,7 @@ def one_step_reconstruction(
         model: the loaded model; its state is left as it was.
         images: (B, 3, H, W) float in [0, 1], any H and W. Not modified.
         prompt: text condition (use the protection prompt).
-        strength: in (0, 1]; the timestep is ``one_step_timestep(strength, T)``.
+        strength: in (0, 1]; the timestep is ``model.one_step_timestep(strength)``.
         generator: draws the posterior sample, then the noise; same seed → same output.
 
     Returns:
@@ -142,21 +133,21 @@ def one_step_reconstruction(
     """
     # 1. Check the inputs and choose the timestep.
     check_images(images)
-    timestep = one_step_timestep(strength, model.num_train_timesteps)
+    timestep = model.one_step_timestep(strength)
     padded = pad_to_multiple(images.detach().float(), model.vae_scale_factor)
     shape = model.latent_shape(padded)
 
     with model.frozen(), torch.no_grad():
         # 2. A posterior sample of the latent, as the pipelines take it, noised to t.
-        latents = model.encode(padded, posterior_noise=randn(shape, generator, model))
+        posterior_noise = randn(shape, generator, device=model.device, dtype=model.dtype)
+        latents = model.encode(padded, posterior_noise)
         timesteps = torch.full((shape[0],), timestep, dtype=torch.long, device=model.device)
-        noisy = model.add_noise(latents, randn(shape, generator, model), timesteps)
+        noise = randn(shape, generator, device=model.device, dtype=model.dtype)
+        noisy = model.add_noise(latents, noise, timesteps)
 
-        # 3. One denoiser call, its ε̂, and the x̂₀ it implies.
+        # 3. One denoiser call and the x̂₀ it implies.
         output = model.predict(noisy, timesteps, model.embed([prompt] * shape[0]))
-        noise_estimate = model.predicted_noise(output, noisy, timesteps)
-        alpha_bar = model.scheduler.alphas_cumprod[timestep].item()
-        estimate = (noisy - math.sqrt(1 - alpha_bar) * noise_estimate) / math.sqrt(alpha_bar)
+        estimate = model.predict_start(noisy, timesteps, output)
 
         # 4. Decode; crop back to the caller's size, device and dtype.
         return to_caller(model.decode(estimate), images)

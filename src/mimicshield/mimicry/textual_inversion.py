@@ -29,8 +29,8 @@ from torch import nn
 
 from ..models import LatentDiffusion
 from ..objectives import StepNoise, denoising_loss
-from ..tensors import check_images, pad_to_multiple
-from ._common import build_pipeline, check_guidance, check_positive
+from ..tensors import check_guidance, check_images, check_positive, pad_to_multiple, randint
+from ._common import build_pipeline
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -255,7 +255,6 @@ def learn_token(
     config = TextualInversionConfig() if config is None else config
     check_images(images)
     padded = pad_to_multiple(images.detach().float(), model.vae_scale_factor).to(model.device)
-    draw_device = generator.device if generator is not None else torch.device("cpu")
     losses: list[float] = []
 
     with model.frozen():
@@ -265,16 +264,10 @@ def learn_token(
             optimizer = torch.optim.AdamW([token.vector], lr=config.learning_rate)
             for step in range(1, config.steps + 1):
                 # 3. A minibatch, its prompts and this step's randomness.
-                picks = torch.randint(
-                    len(padded), (config.batch_size,), generator=generator, device=draw_device
-                )
-                templates = torch.randint(
-                    len(config.templates),
-                    (config.batch_size,),
-                    generator=generator,
-                    device=draw_device,
-                )
-                batch = padded[picks.to(model.device)]
+                size = (config.batch_size,)
+                picks = randint(0, len(padded), size, generator, device=model.device)
+                templates = randint(0, len(config.templates), size, generator).tolist()
+                batch = padded[picks]
                 prompts = [config.templates[i].format(config.placeholder) for i in templates]
                 noise = StepNoise.draw(model, batch, generator)
 

@@ -1,7 +1,8 @@
 """The model adapter: the only package that imports diffusers/transformers model classes.
 
 - ``latent_diffusion``: ``LatentDiffusion``, loading and the operations protection, mimicry and
-  metrics need (encode, decode, embed, noise, predict, target).
+  metrics need (encode, decode, embed, noise, predict, target), and the schedule algebra (ᾱ_t,
+  x̂₀, the timestep of a strength).
 - ``random_weights``: configurations of random-weight models (``tiny`` for tests, ``sd15-random``
   for benchmarks) and the offline test tokenizer.
 - ``devices``: device and precision choice, and the versions that go into records.
@@ -25,6 +26,7 @@ from .latent_diffusion import (
     MINI_MODEL_DIR,
     RANDOM_MODELS,
     LatentDiffusion,
+    one_step_timestep,
 )
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "default_dtypes",
     "devices",
     "dtype_name",
+    "one_step_timestep",
     "resolve_device",
     "resolve_dtype",
     "versions",

@@ -3,7 +3,9 @@
 A ``LatentDiffusion`` bundles the diffusers/transformers parts of a Stable Diffusion checkpoint
 (``vae``, ``unet``, ``text_encoder``, ``tokenizer``, ``scheduler``) and offers the few operations
 that protection, mimicry and metrics need: ``encode``, ``decode``, ``embed``, ``add_noise``,
-``predict`` and ``target``. It is passed around, never owned, so one loaded model serves all.
+``predict`` and ``target``, and the schedule algebra (ᾱ_t, x̂₀, the timestep of a strength), so
+no other module reads the scheduler's internals. It is passed around, never owned, so one loaded
+model serves all.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from ..tensors import check_range, check_strength
 from . import random_weights
 from .devices import ModelUnavailableError, resolve_device, resolve_dtype
 from .hub import hub_reachable
@@ -292,15 +295,78 @@ class LatentDiffusion:
             return alpha * output + sigma * noisy_latents
         raise NotImplementedError(f"prediction type '{self.prediction_type}' is not supported")
 
+    def predict_start(
+        self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, model_output: torch.Tensor
+    ) -> torch.Tensor:
+        """x̂₀, the clean latents a ``predict`` output implies: (z_t − √(1 − ᾱ_t) · ε̂) / √ᾱ_t.
+
+        lucidrains' ``predict_start_from_noise``, for the model's own prediction type: ε̂ is the
+        output itself, or recovered from v by ``predicted_noise``.
+
+        Args:
+            noisy_latents: (B, C, h, w) z_t.
+            timesteps: (B,) int64, t of each latent.
+            model_output: (B, C, h, w) what ``predict`` returned for them.
+
+        Returns:
+            (B, C, h, w) in the dtype of ``noisy_latents``.
+        """
+        noise = self.predicted_noise(model_output, noisy_latents, timesteps)
+        alpha_bar = self.alpha_bar(timesteps.to(noisy_latents.device)).double()
+        shape = (-1,) + (1,) * (noisy_latents.dim() - 1)
+        # Square roots in float64, arithmetic in at least float32, one rounding at the end: for
+        # float32 latents, exactly the scalar formula with ᾱ_t as the scheduler stores it.
+        dtype = torch.promote_types(noisy_latents.dtype, torch.float32)
+        alpha = alpha_bar.sqrt().view(shape).to(dtype)
+        sigma = (1 - alpha_bar).sqrt().view(shape).to(dtype)
+        return ((noisy_latents - sigma * noise) / alpha).to(noisy_latents.dtype)
+
+    # ------------------------------------------------------------- the schedule
+
+    def alpha_bar(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """ᾱ_t = ∏_{s ≤ t} (1 − β_s), the signal variance left at t (near 1 at 0, near 0 at T − 1).
+
+        Args:
+            timesteps: int64 tensor of any shape, each in [0, T).
+
+        Returns:
+            The scheduler's float32 ᾱ_t, same shape and device as ``timesteps``.
+        """
+        return self.scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+
+    def one_step_timestep(self, strength: float) -> int:
+        """The timestep a strength noises to in one jump: ``one_step_timestep(strength, T)``."""
+        return one_step_timestep(strength, self.num_train_timesteps)
+
+    def ddim_timesteps(self, start: int, num_inference_steps: int) -> list[int]:
+        """The timesteps a deterministic DDIM run visits from ``start`` down to 0.
+
+        start, start − k, start − 2k, … ≥ 0, with k = T // N the stride of an N-step schedule
+        over the T training timesteps (N = ``num_inference_steps``, in [1, T]).
+        """
+        total = self.num_train_timesteps
+        check_range(num_inference_steps, "num_inference_steps", 1, total, whole=True)
+        return list(range(start, -1, -(total // num_inference_steps)))
+
     def _alpha_sigma(
         self, timesteps: torch.Tensor, like: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """√ᾱ_t and √(1 − ᾱ_t), shaped (B, 1, 1, 1) to broadcast over ``like``."""
-        alphas_cumprod = self.scheduler.alphas_cumprod.to(like.device)[timesteps.to(like.device)]
+        alphas_cumprod = self.alpha_bar(timesteps.to(like.device))
         shape = (-1,) + (1,) * (like.dim() - 1)
         alpha = alphas_cumprod.sqrt().view(shape).to(like.dtype)
         sigma = (1 - alphas_cumprod).sqrt().view(shape).to(like.dtype)
         return alpha, sigma
+
+
+def one_step_timestep(strength: float, num_train_timesteps: int = 1000) -> int:
+    """The timestep of a one-jump noising at ``strength``: s·T counted from 1, i.e. round(s·T) − 1.
+
+    Strength 1 gives T − 1 (pure noise for SD), 0.3 gives 299; tiny strengths give 0. The
+    one-step reconstruction and diffusion purification both start there.
+    """
+    check_strength(strength)
+    return max(0, round(strength * num_train_timesteps) - 1)
 
 
 def _missing_model_sentence(source: str) -> str:
