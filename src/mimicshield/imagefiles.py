@@ -230,7 +230,16 @@ def write_png(path: str | os.PathLike, pixels: torch.Tensor) -> None:
     Raises:
         ImageFileError: the write failed.
     """
-    array = to_levels(pixels.cpu()).permute(1, 2, 0).numpy()
+    write_levels_png(path, to_levels(pixels.cpu()))
+
+
+def write_levels_png(path: str | os.PathLike, levels: torch.Tensor) -> None:
+    """Write 8-bit RGB levels (3, H, W) uint8 as a plain PNG, atomically (see ``write_png``).
+
+    Raises:
+        ImageFileError: the write failed.
+    """
+    array = levels.cpu().permute(1, 2, 0).numpy()
     try:
         with atomic_output(path) as stream:
             Image.fromarray(array).save(stream, format="PNG")

@@ -74,7 +74,7 @@ class StepNoise:
     ) -> StepNoise:
         """Draw on the generator's device (CPU by default): results do not depend on the model's.
 
-        With ``samples`` = 1 the draws are the same as before K existed (same seed, same noise).
+        Order of the draws: K·B timesteps, K·B noise latents, then B posterior samples.
         """
         check_positive(samples, "noise samples")
         shape = model.latent_shape(images)

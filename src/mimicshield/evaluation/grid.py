@@ -26,10 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..budget import Budget, quantise_within_budget
-from ..imagefiles import LoadedImage, read_back, to_levels
+from ..imagefiles import LoadedImage, read_back, to_levels, write_levels_png
 from ..methods import METHODS
 from ..metrics import LoadedMetrics
 from ..mimicry import Scenario
@@ -129,7 +128,7 @@ class Evaluation:
         clean = [image.pixels.unsqueeze(0) for image in self.images]
         (self.folder / "clean").mkdir(exist_ok=True)
         for name, image in zip(self.names, clean, strict=True):
-            _write_png(self.folder / "clean" / f"{name}.png", to_levels(image[0]))
+            write_levels_png(self.folder / "clean" / f"{name}.png", to_levels(image[0]))
         references = {}
         for scenario in self.plan.scenarios:
             references[scenario.name] = self._mimic(scenario, clean, ("clean",))
@@ -165,7 +164,7 @@ class Evaluation:
             result = self._perturb(method, image)
             seconds = time.perf_counter() - started
             levels = quantise_within_budget(result[0], image[0], self.plan.budget.eps)
-            _write_png(path, levels)
+            write_levels_png(path, levels)
             saved = levels.float().unsqueeze(0) / 255
             protected.append(saved)
             row = dict(zip(KEY_COLUMNS, key, strict=True))
@@ -228,7 +227,7 @@ class Evaluation:
             result[variant] = []
             for path, output in zip(paths[variant], batch, strict=True):
                 levels = to_levels(output.cpu())
-                _write_png(path, levels)
+                write_levels_png(path, levels)
                 result[variant].append(levels.float().unsqueeze(0) / 255)
         return result
 
@@ -300,11 +299,6 @@ def _start_measuring(device: torch.device) -> tuple[float, Callable[[], float | 
 
         return time.perf_counter(), peak
     return time.perf_counter(), lambda: None
-
-
-def _write_png(path: Path, levels: torch.Tensor) -> None:
-    """Write (3, H, W) uint8 levels as PNG (outputs of our own, never a user's original)."""
-    Image.fromarray(levels.permute(1, 2, 0).numpy()).save(path)
 
 
 def _read_png(path: Path) -> torch.Tensor:
