@@ -44,6 +44,20 @@ def pgd(
     Returns:
         (B, 3, H, W) float32 in [0, 1], detached, with ‖result − images‖∞ ≤ eps where mask = 1
         and result = images where mask = 0.
+
+    Examples:
+        Push the mean brightness up within 8/255; every pixel ends at the edge of the ball:
+
+        >>> import torch
+        >>> from mimicshield import Budget
+        >>> from mimicshield.pgd import pgd
+        >>> images = torch.full((1, 3, 4, 4), 0.5)
+        >>> budget = Budget.from_255(eps=8, step_size=2, steps=5)
+        >>> brighter = pgd(lambda x: x.mean(), images, budget)
+        >>> round(float((brighter - images).max() * 255), 4)
+        8.0
+        >>> bool(torch.allclose(brighter, images + 8 / 255))
+        True
     """
     clean = images.detach().to(torch.float32)
     keep = torch.ones_like(clean[:, :1]) if mask is None else mask.to(clean)

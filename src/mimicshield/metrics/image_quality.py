@@ -39,6 +39,15 @@ def ssim(images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
 
     Returns:
         (B,) float64 in [-1, 1]; 1 for identical images.
+
+    Examples:
+        >>> import torch
+        >>> from mimicshield.metrics import ssim
+        >>> images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        >>> ssim(images, images)
+        tensor([1., 1.], dtype=torch.float64)
+        >>> bool(ssim(images, 1 - images)[0] < 0)  # inverted contrast: negative correlation
+        True
     """
     check_pair(images, references, channels=None)
     size = 2 * _SSIM_RADIUS + 1

@@ -81,6 +81,22 @@ def sdedit(
 
     Returns:
         (B, 3, H, W) in [0, 1], on the device and in the dtype of ``images``.
+
+    Examples:
+        >>> import torch
+        >>> from mimicshield import LatentDiffusion
+        >>> from mimicshield.mimicry import sdedit
+        >>> model = LatentDiffusion.random("tiny")  # random weights: the mechanics only
+        >>> images = torch.rand(1, 3, 20, 28, generator=torch.Generator().manual_seed(0))
+        >>> def edit(seed):
+        ...     generator = torch.Generator().manual_seed(seed)
+        ...     return sdedit(model, images, prompt="a photo", strength=0.3,
+        ...                   num_inference_steps=10, generator=generator)
+        >>> edited = edit(0)
+        >>> edited.shape, bool(edited.min() >= 0 and edited.max() <= 1)
+        (torch.Size([1, 3, 20, 28]), True)
+        >>> torch.equal(edited, edit(0))  # same seed, same edit
+        True
     """
     # 1. Check the inputs and fix the number of denoising steps.
     check_images(images)
