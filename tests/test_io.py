@@ -40,7 +40,7 @@ def test_rgb_reads_exactly(tmp_path):
 def test_rgba_alpha_is_kept_untouched_on_write(tmp_path):
     rgba = np.dstack([_gradient(), np.arange(20 * 24, dtype=np.uint8).reshape(20, 24)])
     loaded = read_image(_save(tmp_path / "a.png", Image.fromarray(rgba, "RGBA")))
-    assert torch.equal(loaded.alpha, torch.from_numpy(rgba[..., 3]))
+    assert torch.equal(loaded.alpha[0], torch.from_numpy(rgba[..., 3]))
     levels = (loaded.pixels * 255).round().byte()
     write_image(tmp_path / "out.png", levels, loaded)
     with Image.open(tmp_path / "out.png") as written:
@@ -53,7 +53,7 @@ def test_palette_with_transparency_becomes_rgba(tmp_path):
     image.info["transparency"] = 0
     loaded = read_image(_save(tmp_path / "p.png", image, transparency=0))
     expected = np.asarray(image.convert("RGBA"))
-    assert loaded.alpha is not None and np.array_equal(loaded.alpha.numpy(), expected[..., 3])
+    assert loaded.alpha is not None and np.array_equal(loaded.alpha[0].numpy(), expected[..., 3])
     assert np.array_equal(
         (loaded.pixels * 255).round().byte().permute(1, 2, 0).numpy(), expected[..., :3]
     )
