@@ -62,3 +62,17 @@ def test_quantise_of_a_finer_than_8_bit_original_takes_the_nearest_level():
     original = torch.full((1, 2, 2), 100.4 / 255)
     levels = quantise_within_budget(original, original, 0.1 / 255)
     assert torch.equal(levels, torch.full((1, 2, 2), 100, dtype=torch.uint8))
+
+
+def test_quantise_to_16_bit_levels_keeps_the_same_255_unit_budget():
+    generator = torch.Generator().manual_seed(0)
+    original = torch.randint(0, 65536, (3, 16, 16), generator=generator).double() / 65535
+    eps = 4 / 255  # 1028 of 65535 levels
+    signs = torch.sign(torch.randn(3, 16, 16, generator=generator, dtype=torch.float64))
+    protected = (original + (eps + 0.4 / 65535) * signs).clamp(0, 1).float()
+    levels = quantise_within_budget(protected, original.float(), eps, levels=65535)
+    assert levels.dtype == torch.int32 and int(levels.min()) >= 0 and int(levels.max()) <= 65535
+    assert linf_255(levels.double() / 65535, original) <= 4
+    assert (levels.double() - protected.double() * 65535).abs().max() <= 1.0
+    with pytest.raises(ValueError, match="levels must be one of"):
+        quantise_within_budget(protected, original, eps, levels=1023)

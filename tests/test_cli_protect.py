@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageCms, PngImagePlugin
 
 from mimicshield.cli.main import main
 
@@ -233,3 +233,52 @@ def test_channels_last_is_the_cpu_default_and_can_be_turned_off(
     assert protect(folder, "-o", out, *switch) == 0
     (record_path,) = out.glob("protect-*.json")
     assert json.loads(record_path.read_text())["speed"]["channels_last"] is expected
+
+
+def test_metadata_is_kept_by_default_and_stripped_on_request_but_the_icc_profile(
+    tmp_path, smooth_picture, protect, digests
+):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate to display
+    exif[0x010F] = "TestCam"
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    smooth_picture(0).save(folder / "photo.jpg", exif=exif, icc_profile=icc, quality=95)
+    chunks = PngImagePlugin.PngInfo()
+    chunks.add_text("Author", "Ada")
+    smooth_picture(1).save(folder / "art.png", pnginfo=chunks, dpi=(150, 150))
+    before = digests(folder)
+    assert protect(folder, "-o", tmp_path / "kept") == 0
+    assert protect(folder, "-o", tmp_path / "bare", "--strip-metadata") == 0
+    assert digests(folder) == before
+    with Image.open(tmp_path / "kept" / "photo.png") as photo:
+        assert photo.size == (16, 20)  # orientation applied
+        assert photo.getexif().get(0x010F) == "TestCam" and photo.info["icc_profile"] == icc
+    with Image.open(tmp_path / "kept" / "art.png") as art:
+        assert art.text == {"Author": "Ada"} and "dpi" in art.info
+    with Image.open(tmp_path / "bare" / "photo.png") as photo:
+        assert not len(photo.getexif()) and photo.info["icc_profile"] == icc
+    with Image.open(tmp_path / "bare" / "art.png") as art:
+        assert art.text == {} and "dpi" not in art.info
+    (record_path,) = (tmp_path / "bare").glob("protect-*.json")
+    record = json.loads(record_path.read_text())
+    assert record["strip_metadata"] is True
+    metadata = {image["input"].split("/")[-1]: image["metadata"] for image in record["images"]}
+    assert metadata["photo.jpg"]["kept"] == ["icc_profile"]
+    assert "exif" in metadata["photo.jpg"]["stripped"] and not metadata["photo.jpg"]["dropped"]
+    assert metadata["art.png"]["stripped"] == ["text", "dpi"]
+
+
+def test_jpeg_format_writes_jpeg_and_records_the_codec_figures(folder, tmp_path, protect, capsys):
+    out = tmp_path / "out"
+    assert protect(folder / "photo.jpg", "-o", out, "--format", "jpeg", "--quality", "90") == 0
+    with Image.open(out / "photo.jpg") as written:
+        assert written.format == "JPEG"
+    (record_path,) = out.glob("protect-*.json")
+    (image,) = json.loads(record_path.read_text())["images"]
+    assert image["output_format"] == "jpeg" and image["jpeg"]["quality"] == 90
+    assert image["jpeg"]["linf_255_codec_on_original"] > 0
+    assert protect(folder / "art.png", "-o", tmp_path / "o2", "--format", "jpeg") == 1
+    assert "transparency, which JPEG cannot hold" in capsys.readouterr().err
+    assert protect(folder, "-o", tmp_path / "o3", "--quality", "0") == 2

@@ -1,17 +1,23 @@
-"""Reading every common kind of image correctly, and writing without losing anything."""
+"""Reading every common kind of image correctly (frames, 16 bits, metadata), and writing without
+losing anything."""
 
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, ImageSequence, PngImagePlugin
 
+from mimicshield.budget import quantise_within_budget
 from mimicshield.imagefiles import (
     ImageFileError,
     declared_size,
+    default_output_format,
+    plan_output,
     read_back,
     read_image,
     read_mask,
@@ -40,7 +46,7 @@ def test_rgb_reads_exactly(tmp_path):
 def test_rgba_alpha_is_kept_untouched_on_write(tmp_path):
     rgba = np.dstack([_gradient(), np.arange(20 * 24, dtype=np.uint8).reshape(20, 24)])
     loaded = read_image(_save(tmp_path / "a.png", Image.fromarray(rgba, "RGBA")))
-    assert torch.equal(loaded.alpha, torch.from_numpy(rgba[..., 3]))
+    assert torch.equal(loaded.alpha[0], torch.from_numpy(rgba[..., 3]))
     levels = (loaded.pixels * 255).round().byte()
     write_image(tmp_path / "out.png", levels, loaded)
     with Image.open(tmp_path / "out.png") as written:
@@ -53,7 +59,7 @@ def test_palette_with_transparency_becomes_rgba(tmp_path):
     image.info["transparency"] = 0
     loaded = read_image(_save(tmp_path / "p.png", image, transparency=0))
     expected = np.asarray(image.convert("RGBA"))
-    assert loaded.alpha is not None and np.array_equal(loaded.alpha.numpy(), expected[..., 3])
+    assert loaded.alpha is not None and np.array_equal(loaded.alpha[0].numpy(), expected[..., 3])
     assert np.array_equal(
         (loaded.pixels * 255).round().byte().permute(1, 2, 0).numpy(), expected[..., :3]
     )
@@ -172,3 +178,233 @@ def test_read_back_and_mask(tmp_path):
     path = _save(tmp_path / "m.png", Image.fromarray(np.array([[0, 255]], dtype=np.uint8), "L"))
     assert read_mask(path).tolist() == [[[[0.0, 1.0]]]]
     assert read_back(path).shape == (3, 1, 2)
+
+
+# ---------------------------------------------------------------- frames, bit depth, metadata
+
+_DURATIONS = [40, 120, 300]
+
+
+def _frames(count=3, size=(24, 20)):
+    """``count`` distinct RGB pictures."""
+    return [
+        Image.fromarray(np.roll(_gradient(*size), 40 * index, axis=1)) for index in range(count)
+    ]
+
+
+def _animation(path, image_format, **options):
+    first, *rest = _frames()
+    first.save(
+        path,
+        format=image_format,
+        save_all=True,
+        append_images=rest,
+        duration=_DURATIONS,
+        loop=3,
+        **options,
+    )
+    return path
+
+
+def _png_16bit_colour(path, samples):
+    """A 16-bit RGB PNG (H, W, 3) uint16, written chunk by chunk: Pillow cannot write one."""
+
+    def chunk(kind, data):
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    height, width, _ = samples.shape
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in samples)
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+    return path
+
+
+def _timing(path):
+    """(frame count, durations, loop) as Pillow reads them from a file."""
+    with Image.open(path) as image:
+        durations = []
+        for frame in ImageSequence.Iterator(image):
+            frame.load()  # WebP reports a frame's duration once it is decoded
+            durations.append(frame.info.get("duration"))
+        return image.n_frames, durations, image.info.get("loop")
+
+
+def _identity_write(loaded, path, image_format=None, **options):
+    """Write a file's own levels back (no perturbation): what is kept is then exact."""
+    plan = plan_output(loaded, image_format, **options)
+    levels = quantise_within_budget(loaded.frames, loaded.frames, 0.0, levels=plan.levels)
+    write_image(path, levels, loaded, plan)
+    return plan
+
+
+@pytest.mark.parametrize(
+    "name, image_format, options, written_as",
+    [
+        ("a.gif", "GIF", {}, "png"),
+        ("a.webp", "WEBP", {"lossless": True}, "webp"),
+        ("a.png", "PNG", {}, "png"),
+    ],
+)
+def test_animations_keep_frames_durations_and_loop(
+    tmp_path, name, image_format, options, written_as
+):
+    loaded = read_image(_animation(tmp_path / name, image_format, **options))
+    assert loaded.frame_count == 3 and loaded.animation.loop == 3
+    assert loaded.animation.durations_ms == tuple(map(float, _DURATIONS))
+    assert default_output_format(tmp_path / name) == written_as
+    out = tmp_path / f"out.{written_as}"
+    plan = _identity_write(loaded, out)
+    assert plan.image_format == written_as
+    count, durations, loop = _timing(out)
+    assert (count, [round(d) for d in durations], loop) == (3, _DURATIONS, 3)
+    assert torch.equal(read_image(out).frames, loaded.frames)
+
+
+def test_gif_disposal_is_carried_to_apng(tmp_path):
+    first, *rest = _frames()
+    path = tmp_path / "d.gif"
+    first.save(path, save_all=True, append_images=rest, duration=_DURATIONS, disposal=[1, 2, 1])
+    loaded = read_image(path)
+    assert loaded.animation.disposal == ("none", "background", "none")
+    assert loaded.animation.loop is None  # no loop extension: plays once
+    _identity_write(loaded, tmp_path / "d.png")
+    again = read_image(tmp_path / "d.png")
+    assert again.animation.disposal == ("none", "background", "none")
+    assert again.animation.loop == 1
+
+
+def test_gif_palette_cannot_hold_a_protection_budget():
+    """Why GIF inputs are written as PNG: re-quantising ±4/255 noise to 256 colours moves pixels
+    by far more than 4/255 (measured 26–47/255 for budgets 4–16)."""
+    original = np.asarray(Image.fromarray(_gradient(64, 64)).quantize(256).convert("RGB"))
+    signs = np.random.default_rng(0).choice([-4, 4], original.shape)
+    protected = np.clip(original.astype(int) + signs, 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(protected).save(buffer, format="GIF")
+    with Image.open(buffer) as reread:
+        saved = np.asarray(reread.convert("RGB")).astype(int)
+    assert np.abs(saved - original).max() > 4
+
+
+def test_multi_page_tiff_keeps_every_page(tmp_path):
+    first, *rest = _frames()
+    path = tmp_path / "pages.tiff"
+    first.save(path, save_all=True, append_images=rest)
+    loaded = read_image(path)
+    assert loaded.frame_count == 3 and loaded.animation is None
+    _identity_write(loaded, tmp_path / "out.tiff")
+    with Image.open(tmp_path / "out.tiff") as written:
+        assert written.n_frames == 3
+    assert torch.equal(read_image(tmp_path / "out.tiff").frames, loaded.frames)
+
+
+def test_sixteen_bit_gray_png_stays_sixteen_bit_gray(tmp_path):
+    values = (np.arange(20 * 24, dtype=np.uint32).reshape(20, 24) * 137 % 65536).astype(np.uint16)
+    loaded = read_image(_save(tmp_path / "g16.png", Image.fromarray(values)))
+    assert loaded.bit_depth == 16 and loaded.gray
+    plan = _identity_write(loaded, tmp_path / "out.png")
+    assert (plan.image_format, plan.bit_depth, plan.gray) == ("png", 16, True)
+    with Image.open(tmp_path / "out.png") as written:
+        assert written.mode.startswith("I;16")
+        assert np.array_equal(np.asarray(written), values)
+
+
+def test_sixteen_bit_colour_is_read_exactly_and_written_as_sixteen_bit_tiff(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    samples = np.random.default_rng(0).integers(0, 65536, (20, 24, 3)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "c16.tif", samples, photometric="rgb", compression="zlib")
+    _png_16bit_colour(tmp_path / "c16.png", samples)
+    for name in ("c16.tif", "c16.png"):
+        loaded = read_image(tmp_path / name)
+        assert loaded.bit_depth == 16 and not loaded.gray
+        exact = (loaded.pixels.double() * 65535).round().permute(1, 2, 0).numpy()
+        assert np.array_equal(exact, samples)
+        assert default_output_format(tmp_path / name) == "tiff"  # no 16-bit colour PNG writer
+        plan = _identity_write(loaded, tmp_path / f"{name}.out.tiff")
+        assert (plan.image_format, plan.bit_depth) == ("tiff", 16)
+        assert np.array_equal(tifffile.imread(tmp_path / f"{name}.out.tiff"), samples)
+
+
+def _xmp():
+    return (
+        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/'
+        b'22-rdf-syntax-ns#"><rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/" '
+        b'dc:creator="Ada"/></rdf:RDF></x:xmpmeta>'
+    )
+
+
+def test_jpeg_metadata_is_carried_to_png_and_stripped_except_icc(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "TestCam"
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    path = _save(
+        tmp_path / "o.jpg",
+        Image.fromarray(_gradient()),
+        exif=exif,
+        icc_profile=icc,
+        xmp=_xmp(),
+        dpi=(300, 300),
+        quality=95,
+    )
+    loaded = read_image(path)
+    assert loaded.lossy and loaded.size == (24, 20)
+    assert loaded.metadata.kinds() == ["exif", "icc_profile", "xmp", "dpi"]
+    plan = _identity_write(loaded, tmp_path / "kept.png")
+    assert plan.metadata_report == {"kept": loaded.metadata.kinds(), "stripped": [], "dropped": []}
+    with Image.open(tmp_path / "kept.png") as kept:
+        assert kept.info["icc_profile"] == icc and "Ada" in str(kept.info["xmp"])
+        assert kept.getexif().get(0x010F) == "TestCam" and kept.getexif().get(0x0112, 1) == 1
+        assert tuple(round(value) for value in kept.info["dpi"]) == (300, 300)
+    plan = _identity_write(loaded, tmp_path / "bare.png", strip_metadata=True)
+    assert plan.metadata_report["kept"] == ["icc_profile"]
+    assert plan.metadata_report["stripped"] == ["exif", "xmp", "dpi"]
+    with Image.open(tmp_path / "bare.png") as bare:
+        assert bare.info.get("icc_profile") == icc
+        assert not len(bare.getexif()) and "xmp" not in bare.info and "dpi" not in bare.info
+
+
+def test_png_text_and_dpi_are_kept_and_dropped_by_name_where_the_format_lacks_them(tmp_path):
+    chunks = PngImagePlugin.PngInfo()
+    chunks.add_text("Author", "Ada")
+    chunks.add_itxt("Title", "Ünïcode")
+    chunks.add_text("Comment", "compressed", zip=True)
+    path = _save(tmp_path / "t.png", Image.fromarray(_gradient()), pnginfo=chunks, dpi=(150, 150))
+    loaded = read_image(path)
+    expected = {"Author": "Ada", "Title": "Ünïcode", "Comment": "compressed"}
+    assert loaded.metadata.text == expected
+    _identity_write(loaded, tmp_path / "out.png")
+    with Image.open(tmp_path / "out.png") as written:
+        assert written.text == expected
+        assert tuple(round(value) for value in written.info["dpi"]) == (150, 150)
+    plan = _identity_write(loaded, tmp_path / "out.webp", "webp")
+    assert plan.metadata_report == {"kept": [], "stripped": [], "dropped": ["text", "dpi"]}
+
+
+@pytest.mark.parametrize(
+    "name, options, expected",
+    [
+        ("a.bmp", {}, "png"),
+        ("a.jpg", {"quality": 90}, "png"),
+        ("a.webp", {"quality": 80}, "png"),  # lossy WebP
+        ("b.webp", {"lossless": True}, "webp"),
+        ("a.tiff", {}, "tiff"),
+        ("a.gif", {}, "png"),
+        ("a.png", {}, "png"),
+    ],
+)
+def test_default_output_formats(tmp_path, name, options, expected):
+    path = _save(tmp_path / name, Image.fromarray(_gradient()), **options)
+    assert default_output_format(path) == expected
+    assert plan_output(read_image(path)).image_format == expected
+
+
+def test_jpeg_output_refuses_transparency_and_frames(tmp_path):
+    rgba = Image.fromarray(_gradient()).convert("RGBA")
+    with pytest.raises(ImageFileError, match="transparency, which JPEG cannot hold"):
+        plan_output(read_image(_save(tmp_path / "a.png", rgba)), "jpeg")
+    with pytest.raises(ImageFileError, match="3 frames, which JPEG cannot hold"):
+        plan_output(read_image(_animation(tmp_path / "b.gif", "GIF")), "jpeg")

@@ -1,4 +1,5 @@
-"""``protect_files`` from Python: the run, resume, and a run sharded over two processes."""
+"""``protect_files`` from Python: the run, resume, a run sharded over two processes, and the
+awkward files: animations, pages, 16 bits, JPEG output."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageSequence
 
 from mimicshield import METHODS, Budget, LatentDiffusion, RunOptions, protect_files
 from mimicshield.runtime import InputError, MemoryPlanError, Processes, collect_inputs
+from mimicshield.runtime.jobs import ProtectionJob
 from mimicshield.runtime.memory import ModelSize, estimate_bytes
+from mimicshield.runtime.records import settings_fingerprint
 
 
 def _method():
@@ -146,3 +149,114 @@ def test_an_image_too_large_for_the_memory_budget_is_refused_alone(
     assert len(summary.results) - len(summary.failed) == 4
     with pytest.raises(MemoryPlanError, match="Would fit"):  # a budget nothing fits is an error
         protect_files(inputs, tmp_path / "o2", _method(), model, RunOptions(memory_budget_bytes=1))
+
+
+# ------------------------------------------------------------ frames, 16 bits, JPEG, settings
+
+_DURATIONS = [40, 120, 300]
+
+
+def _frames_of(path):
+    """Every frame of a file as Pillow decodes it: (H, W, 3) int arrays; the file's timing."""
+    with Image.open(path) as image:
+        frames, durations = [], []
+        for frame in ImageSequence.Iterator(image):
+            frames.append(np.asarray(frame.convert("RGB"), dtype=np.int32))
+            durations.append(frame.info.get("duration"))
+        return frames, durations, image.info.get("loop")
+
+
+def test_animations_and_pages_are_protected_frame_by_frame(
+    model, tmp_path, smooth_picture, digests
+):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    first, *rest = [smooth_picture(seed) for seed in range(3)]
+    timing = dict(save_all=True, append_images=rest, duration=_DURATIONS, loop=2)
+    first.save(folder / "clip.gif", **timing)
+    first.save(folder / "clip.webp", lossless=True, **timing)
+    first.save(folder / "apng.png", **timing)
+    first.save(folder / "pages.tiff", save_all=True, append_images=rest)
+    before = digests(folder)
+    summary = protect_files(collect_inputs([folder]), tmp_path / "out", _method(), model)
+    assert not summary.failed and digests(folder) == before
+    written = {Path(r.input).name: Path(r.output).name for r in summary.results}
+    assert written == {
+        "apng.png": "apng.png",
+        "clip.gif": "clip.png",  # GIF's palette cannot hold the budget: APNG
+        "clip.webp": "clip.webp",
+        "pages.tiff": "pages.tiff",
+    }
+    for result in summary.results:
+        original, original_durations, loop = _frames_of(result.input)
+        saved, durations, saved_loop = _frames_of(result.output)
+        assert len(saved) == len(original) == result.frames == 3
+        differences = [np.abs(s - o).max() for s, o in zip(saved, original, strict=True)]
+        assert max(differences) == result.linf_255 <= 6 and min(differences) > 0
+        if result.input_format != "TIFF":
+            assert [round(d) for d in durations] == _DURATIONS and saved_loop == loop == 2
+            assert list(result.animation["durations_ms"]) == [float(d) for d in _DURATIONS]
+    record = json.loads(summary.record_path.read_text())
+    entries = {Path(image["input"]).name: image for image in record["images"]}
+    assert entries["clip.gif"]["input_format"] == "GIF"
+    assert entries["clip.gif"]["output_format"] == "png" and entries["clip.gif"]["frames"] == 3
+
+
+def test_sixteen_bit_inputs_stay_sixteen_bit_within_budget(model, tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    folder = tmp_path / "deep"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    smooth = np.linspace(0, 65535, 20 * 24).reshape(20, 24)
+    gray = (smooth + rng.integers(0, 50, (20, 24))).clip(0, 65535).astype(np.uint16)
+    Image.fromarray(gray).save(folder / "gray.png")
+    colour = np.stack([smooth, smooth[::-1], smooth[:, ::-1]], axis=2).astype(np.uint16)
+    tifffile.imwrite(folder / "colour.tiff", colour, photometric="rgb")
+    summary = protect_files(collect_inputs([folder]), tmp_path / "out", _method(), model)
+    assert not summary.failed
+    budget = 6 * 257  # 6/255 in 16-bit levels
+    with Image.open(tmp_path / "out" / "gray.png") as written:
+        assert written.mode.startswith("I;16")
+        change = np.abs(np.asarray(written, dtype=np.int32) - gray).max()
+    assert 0 < change <= budget
+    saved = tifffile.imread(tmp_path / "out" / "colour.tiff")
+    assert saved.dtype == np.uint16 and saved.shape == colour.shape
+    change = np.abs(saved.astype(np.int32) - colour).max()
+    assert 0 < change <= budget
+    assert {result.bit_depth for result in summary.results} == {16}
+    assert all(result.linf_255 <= 6 for result in summary.results)
+
+
+def test_jpeg_output_records_the_codec_share_and_the_latent_shift(model, tmp_path, smooth_picture):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    smooth_picture(3, size=(64, 48)).save(folder / "photo.png")
+    options = RunOptions(image_format="jpeg", quality=90)
+    summary = protect_files([folder / "photo.png"], tmp_path / "out", _method(), model, options)
+    (result,) = summary.results
+    assert result.ok and result.output.endswith("photo.jpg") and result.linf_255 <= 6
+    with Image.open(result.output) as written:
+        assert written.format == "JPEG"
+    figures = result.jpeg
+    assert figures["quality"] == 90 and "before JPEG" in figures["budget_checked_on"]
+    codec, saved = figures["linf_255_codec_on_original"], figures["linf_255_saved"]
+    assert codec > 0 and saved >= 0.5 * codec
+    assert saved == np.abs(_pixels(result.output) - _pixels(folder / "photo.png")).max()
+    assert figures["latent_shift_lossless"] > 0 and figures["latent_shift_after_jpeg"] > 0
+    record = json.loads(summary.record_path.read_text())
+    assert record["jpeg"]["quality"] == 90 and record["images"][0]["jpeg"] == figures
+
+
+def test_the_fingerprint_covers_format_quality_and_stripping(model, tmp_path):
+    job = ProtectionJob(method=_method(), output_dir=tmp_path)
+
+    def fingerprint(**changes):
+        return settings_fingerprint(dataclasses.replace(job, **changes), model.name, model.dtype)
+
+    default = fingerprint()
+    assert fingerprint(image_format="png") != default  # "auto" differs from a forced PNG
+    assert fingerprint(strip_metadata=True) != default
+    assert fingerprint(quality=50) == default  # quality changes nothing but JPEG output
+    assert fingerprint(image_format="jpeg") != fingerprint(image_format="jpeg", quality=50)
+    with pytest.raises(ValueError, match="JPEG quality must lie in 1–100, got 0"):
+        dataclasses.replace(job, quality=0)  # refused before any file is protected

@@ -1,4 +1,4 @@
-"""The L∞ budget of a protection, and keeping it on the tensor and on the saved 8-bit file.
+"""The L∞ budget of a protection, and keeping it on the tensor and on the saved 8- or 16-bit file.
 
 Units (DESIGN §2): images are in [0, 1]; ``eps`` and ``step_size`` are L∞ distances on that
 scale. Users speak in 0–255 units, so ``Budget.from_255(16, 1, 100)`` means ε = 16/255.
@@ -11,8 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
-#: Round-off allowance, in 8-bit levels: float32 stores k/255 only to ~1.5e-5 levels.
-_ROUNDING_SLACK = 1e-4
+#: Round-off allowance on the [0, 1] scale (1e-4 of an 8-bit level): float32 stores k/255 and
+#: k/65535 only to ~6e-8, far below this, and this stays far below one 16-bit level (1.5e-5).
+_ROUNDING_SLACK = 1e-4 / 255
+#: Level counts of the files we write: 8-bit and 16-bit samples.
+LEVELS = (255, 65535)
 
 
 class BudgetError(ValueError):
@@ -65,30 +68,34 @@ class Budget:
 
 
 def quantise_within_budget(
-    protected: torch.Tensor, original: torch.Tensor, eps: float
+    protected: torch.Tensor, original: torch.Tensor, eps: float, *, levels: int = 255
 ) -> torch.Tensor:
-    """Round to 8 bits while keeping ‖result/255 − original‖∞ ≤ eps exactly.
+    """Round to whole levels (8- or 16-bit) while keeping ‖result/levels − original‖∞ ≤ eps exactly.
 
     Plain rounding can push a pixel that sat on the edge of the ball half a level outside it; each
     pixel is therefore clamped to the whole levels that lie inside [original − eps, original + eps].
-    If that range holds no level (an original finer than 8 bits with eps < 0.5/255), the pixel takes
-    the level nearest to the original, the closest the 8-bit file can come.
+    If that range holds no level (an original finer than the output with eps < half a level),
+    the pixel takes the level nearest to the original, the closest the file can come.
 
     Args:
         protected: (..., H, W) float in [0, 1].
         original: same shape, float in [0, 1].
-        eps: L∞ radius on the [0, 1] scale.
+        eps: L∞ radius on the [0, 1] scale (the same 0–255 units whatever ``levels`` is).
+        levels: the largest level of the output: 255 (8-bit) or 65535 (16-bit).
 
     Returns:
-        uint8 tensor of the same shape.
+        Tensor of the same shape: uint8 for 255, int32 for 65535 (torch has no full uint16).
     """
-    levels = (protected.double() * 255).round()
-    low = torch.ceil((original.double() - eps) * 255 - _ROUNDING_SLACK).clamp(0, 255)
-    high = torch.floor((original.double() + eps) * 255 + _ROUNDING_SLACK).clamp(0, 255)
-    nearest = (original.double() * 255).round()
+    if levels not in LEVELS:
+        raise ValueError(f"levels must be one of {LEVELS}, got {levels}")
+    slack = _ROUNDING_SLACK * levels
+    rounded = (protected.double() * levels).round()
+    low = torch.ceil((original.double() - eps) * levels - slack).clamp(0, levels)
+    high = torch.floor((original.double() + eps) * levels + slack).clamp(0, levels)
+    nearest = (original.double() * levels).round()
     empty = low > high
-    levels = torch.where(empty, nearest, torch.maximum(torch.minimum(levels, high), low))
-    return levels.to(torch.uint8)
+    rounded = torch.where(empty, nearest, torch.maximum(torch.minimum(rounded, high), low))
+    return rounded.to(torch.uint8 if levels == 255 else torch.int32)
 
 
 def linf_255(a: torch.Tensor, b: torch.Tensor) -> float:

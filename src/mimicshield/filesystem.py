@@ -27,7 +27,8 @@ def atomic_output(path: str | os.PathLike) -> Iterator[BinaryIO]:
     path = Path(path)
     handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix=path.suffix, dir=path.parent)
     try:
-        with os.fdopen(handle, "wb") as stream:
+        # readable too: multi-page TIFF writers read back the pages they have written
+        with os.fdopen(handle, "w+b") as stream:
             yield stream
         os.replace(temporary, path)
     except BaseException:

@@ -10,7 +10,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .. import METHODS, Budget
-from ..imagefiles import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, read_image, read_mask
+from ..imagefiles import (
+    DEFAULT_JPEG_QUALITY,
+    DEFAULT_MAX_PIXELS,
+    OUTPUT_FORMATS,
+    read_image,
+    read_mask,
+)
 from ..methods import ProtectionMethod, TargetedMethod
 from ..models import default_dtypes, resolve_device
 from ..runtime import (
@@ -82,7 +88,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "not depend on the others)",
     )
     parser.add_argument(
-        "--format", default="png", choices=list(OUTPUT_FORMATS), help="lossless output format"
+        "--format",
+        default="auto",
+        choices=["auto", *OUTPUT_FORMATS],
+        help="output format. auto (default): PNG, TIFF and lossless WebP inputs keep their "
+        "format (16-bit colour PNG becomes 16-bit TIFF); JPEG, lossy WebP, BMP and GIF become "
+        "PNG (animated: APNG, since GIF's palette cannot hold the budget). jpeg: lossy; the "
+        "budget is checked before encoding and the codec's own change is recorded",
+    )
+    parser.add_argument(
+        "--quality",
+        type=int,
+        default=DEFAULT_JPEG_QUALITY,
+        help=f"JPEG quality 1-100 with --format jpeg (default: {DEFAULT_JPEG_QUALITY})",
+    )
+    parser.add_argument(
+        "--strip-metadata",
+        action="store_true",
+        help="write no EXIF, XMP, PNG text or DPI; the ICC colour profile is kept, because "
+        "the pixels are in its colour space and would show other colours without it",
     )
     parser.add_argument(
         "--resume",
@@ -131,12 +155,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     # 1. Everything that can be checked without a model.
     inputs = collect_inputs(args.inputs)
-    plan_outputs(inputs, args.output, args.format)  # refuses an output folder that holds inputs
+    image_format = None if args.format == "auto" else args.format
+    plan_outputs(inputs, args.output, image_format)  # refuses an output folder that holds inputs
+    if not 1 <= args.quality <= 100:
+        raise CommandError(f"--quality must lie in 1-100, got {args.quality}")
     method = _method(args)
     options = RunOptions(
         seed=args.seed,
         mask=None if args.mask is None else read_mask(args.mask),
-        image_format=args.format,
+        image_format=image_format,
+        quality=args.quality,
+        strip_metadata=args.strip_metadata,
         max_pixels=at_least_one(args.max_pixels, "--max-pixels"),
         max_batch_size=batch_size_bound(args.batch_size),
         memory_budget_bytes=memory_budget(args.max_memory),

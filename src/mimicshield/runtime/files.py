@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..imagefiles import OUTPUT_FORMATS
+from ..imagefiles import OUTPUT_FORMATS, default_output_format
 
 logger = logging.getLogger(__name__)
 
@@ -40,13 +40,18 @@ def collect_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return files
 
 
-def plan_outputs(inputs: list[Path], output_dir: Path, image_format: str) -> dict[Path, Path]:
+def plan_outputs(
+    inputs: list[Path], output_dir: Path, image_format: str | None = None
+) -> dict[Path, Path]:
     """Map each input to its output path: same stem, the format's suffix, never colliding.
+
+    ``image_format`` None gives each input the suffix of its default output format
+    (``imagefiles.default_output_format``, read from the file's header).
 
     Raises:
         InputError: the output folder is a folder that holds inputs (originals could be hit).
     """
-    if image_format not in OUTPUT_FORMATS:
+    if image_format is not None and image_format not in OUTPUT_FORMATS:
         choices = ", ".join(OUTPUT_FORMATS)
         raise InputError(f"output format must be one of {choices}, got '{image_format}'")
     resolved_output = output_dir.resolve()
@@ -56,10 +61,10 @@ def plan_outputs(inputs: list[Path], output_dir: Path, image_format: str) -> dic
                 f"the output folder {output_dir} holds the input {path}; choose another folder "
                 "so that originals are never overwritten"
             )
-    suffix = OUTPUT_FORMATS[image_format]
     planned: dict[Path, Path] = {}
     taken: set[str] = set()
     for path in inputs:
+        suffix = OUTPUT_FORMATS[image_format or default_output_format(path)]
         name = path.stem + suffix
         if name in taken:  # a.jpg and a.png, or the same name in two folders
             name = path.name + suffix

@@ -1,4 +1,8 @@
-"""Protecting files: read, batch by size, protect, quantise within budget, write, verify, record.
+"""Protecting files: read, batch frames by size, protect, quantise within budget, write, verify.
+
+Every frame of a file is protected: animated GIF/WebP/APNG frames and multi-page TIFF pages go
+through the same batches as still images (they share the file's size), and the file is written
+once all its frames are done, with its timing, then read back frame by frame to check the budget.
 
 One bad file never stops the others: each input ends as a ``FileResult`` that says what happened.
 Originals are never written to; outputs appear atomically (see ``imagefiles.write_image``).
@@ -8,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,26 +20,40 @@ import torch
 from ..budget import linf_255, quantise_within_budget
 from ..filesystem import file_sha256
 from ..imagefiles import (
+    DEFAULT_JPEG_QUALITY,
     DEFAULT_MAX_PIXELS,
+    OUTPUT_FORMATS,
     ImageFileError,
     LoadedImage,
-    read_back,
+    OutputPlan,
+    plan_output,
     read_image,
     write_image,
 )
 from ..methods import ProtectionMethod
-from ..metrics import psnr, ssim
+from ..metrics import latent_shift, psnr, ssim
 from ..models import LatentDiffusion
 from ..protect import protect
+from ..purify import jpeg
 from .files import plan_outputs
 
 #: Slack on the on-disk budget check, for float round-off only (far below one 8-bit level).
 _LINF_SLACK_255 = 1e-4
+#: What a JPEG output's budget is checked on, said in its record.
+JPEG_BUDGET_NOTE = (
+    "the budget is checked on the lossless protected pixels before JPEG encoding; the codec's "
+    "own change is measured and reported here, not refused"
+)
 
 
 @dataclass
 class FileResult:
-    """What happened to one input. Distances in 0–255 units, PSNR in dB."""
+    """What happened to one input. Distances in 0–255 units, PSNR in dB.
+
+    ``linf_255`` is the worst frame's L∞ distance to the original, measured on the saved file
+    (for JPEG output: on the lossless protected pixels, see ``jpeg``); ``psnr_db`` and ``ssim``
+    are the worst frame's, saved file against original.
+    """
 
     input: str
     output: str | None = None
@@ -47,6 +65,13 @@ class FileResult:
     seconds: float | None = None
     input_sha256: str | None = None  # the input's bytes, to recognise it when resuming
     reused: bool = False  # protected by an earlier run with the same settings, not redone
+    input_format: str | None = None  # Pillow's name, e.g. "GIF"; "(lossy)" for lossy WebP
+    output_format: str | None = None  # one of imagefiles.OUTPUT_FORMATS
+    frames: int | None = None  # frames or pages, all protected and written
+    animation: dict | None = None  # durations_ms, loop, disposal as written
+    bit_depth: int | None = None  # of the output: 8 or 16
+    metadata: dict | None = None  # kinds kept, stripped (on request), dropped (format lacks)
+    jpeg: dict | None = None  # codec figures of a JPEG output (see ``codec_figures``)
 
 
 @dataclass
@@ -58,9 +83,12 @@ class ProtectionJob:
         output_dir: where protected copies go; must not be a folder an input lives in.
         seed: each batch starts its own generator from this seed, so an image's result does not
             depend on which other files were in the run (with batch size 1).
-        batch_size: images of the same size protected together.
+        batch_size: frames of the same size protected together.
         mask: (1, 1, H, W) in [0, 1] applied to images of that size, or None.
-        image_format: one of ``OUTPUT_FORMATS``.
+        image_format: one of ``OUTPUT_FORMATS``, or None: each input's own lossless format
+            (``imagefiles.default_output_format``).
+        quality: JPEG quality 1–100, used when the format is "jpeg".
+        strip_metadata: write no EXIF, XMP, text or DPI (the ICC profile is kept for colour).
         max_pixels: larger inputs are refused with a clear message.
     """
 
@@ -69,8 +97,43 @@ class ProtectionJob:
     seed: int = 0
     batch_size: int = 1
     mask: torch.Tensor | None = None
-    image_format: str = "png"
+    image_format: str | None = None
+    quality: int = DEFAULT_JPEG_QUALITY
+    strip_metadata: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        # Checked here, not at the first file: a bad setting must not fail a run half done.
+        if self.image_format is not None and self.image_format not in OUTPUT_FORMATS:
+            choices = ", ".join(OUTPUT_FORMATS)
+            raise ValueError(f"output format must be one of {choices}, got {self.image_format!r}")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"JPEG quality must lie in 1–100, got {self.quality}")
+
+
+@dataclass
+class _File:
+    """A file in progress: its frames fill in as their batches are protected."""
+
+    image: LoadedImage
+    plan: OutputPlan
+    result: FileResult
+    protected: list[torch.Tensor | None] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        return all(frame is not None for frame in self.protected)
+
+
+@dataclass(frozen=True)
+class _Frame:
+    file: _File
+    index: int
+
+    @property
+    def pixels(self) -> torch.Tensor:
+        return self.file.image.frames[self.index]
 
 
 def run_job(
@@ -104,18 +167,33 @@ def run_job(
 
     for batch in _batches(inputs, job, results, finish):
         started = time.perf_counter()
-        images = torch.stack([item.pixels for item in batch])
-        generator = torch.Generator().manual_seed(job.seed)
-        protected = protect(
-            images, job.method, model, mask=job.mask, generator=generator, callback=on_step
-        )
+        images = torch.stack([frame.pixels for frame in batch])
+        protected = protect_frames(images, job, model, on_step)
         seconds = (time.perf_counter() - started) / len(batch)
-        for item, pixels in zip(batch, protected, strict=True):
-            result = results[item.path]
-            result.seconds = round(seconds, 3)
-            _save_and_verify(item, pixels, outputs[item.path], job, result)
-            finish(result)
+        for frame, pixels in zip(batch, protected, strict=True):
+            file = frame.file
+            file.protected[frame.index] = pixels
+            file.seconds += seconds
+            if file.complete:
+                file.result.seconds = round(file.seconds, 3)
+                _save_and_verify(file, outputs[file.image.path], job, model)
+                finish(file.result)
     return [results[path] for path in inputs]
+
+
+def protect_frames(
+    images: torch.Tensor,
+    job: ProtectionJob,
+    model: LatentDiffusion,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> torch.Tensor:
+    """The one place where pixels become protected pixels: (B, 3, H, W) → (B, 3, H, W) in [0, 1].
+
+    ``images`` are frames of one size (stills, animation frames or pages); each batch starts a
+    generator from the job's seed.
+    """
+    generator = torch.Generator().manual_seed(job.seed)
+    return protect(images, job.method, model, mask=job.mask, generator=generator, callback=on_step)
 
 
 def _batches(
@@ -123,22 +201,33 @@ def _batches(
     job: ProtectionJob,
     results: dict[Path, FileResult],
     finish: Callable[[FileResult], None],
-) -> Iterator[list[LoadedImage]]:
-    """Read inputs lazily and yield same-size batches; unreadable files finish as errors here."""
-    pending: dict[tuple[int, int], list[LoadedImage]] = {}
+) -> Iterator[list[_Frame]]:
+    """Read inputs lazily and yield same-size batches of frames; unreadable files finish here.
+
+    A file's frames share its size, so they fill batches like still images do: with the default
+    batch size of 1 they are protected one by one, which keeps memory at one frame's need
+    whatever the frame count (the memory plan is made per batch, not per file).
+    """
+    pending: dict[tuple[int, int], list[_Frame]] = {}
     for path in inputs:
-        results[path].input_sha256 = file_sha256(path)
+        result = results[path]
+        result.input_sha256 = file_sha256(path)
         try:
             loaded = read_image(path, max_pixels=job.max_pixels)
             _check_mask_fits(job.mask, loaded)
+            plan = plan_output(
+                loaded, job.image_format, strip_metadata=job.strip_metadata, quality=job.quality
+            )
         except ImageFileError as error:
-            results[path].error = str(error)
-            finish(results[path])
+            result.error = str(error)
+            finish(result)
             continue
-        group = pending.setdefault(loaded.size, [])
-        group.append(loaded)
-        if len(group) == job.batch_size:
-            yield pending.pop(loaded.size)
+        file = _File(loaded, plan, result, protected=[None] * loaded.frame_count)
+        for index in range(loaded.frame_count):
+            group = pending.setdefault(loaded.size, [])
+            group.append(_Frame(file, index))
+            if len(group) == job.batch_size:
+                yield pending.pop(loaded.size)
     yield from pending.values()
 
 
@@ -151,30 +240,101 @@ def _check_mask_fits(mask: torch.Tensor | None, loaded: LoadedImage) -> None:
         )
 
 
-def _save_and_verify(
-    item: LoadedImage, pixels: torch.Tensor, output: Path, job: ProtectionJob, result: FileResult
-) -> None:
-    """Quantise within budget, write, read the file back and measure it against the original."""
+def _save_and_verify(file: _File, output: Path, job: ProtectionJob, model: LatentDiffusion) -> None:
+    """Quantise within budget, write, read every frame back and measure it against the original."""
+    image, plan, result = file.image, file.plan, file.result
     eps = job.method.budget.eps
-    levels = quantise_within_budget(pixels, item.pixels, eps)
+    original = image.frames
+    protected = to_file_colours(torch.stack(file.protected), plan)
+    levels = quantise_within_budget(protected, original, eps, levels=plan.levels)
+    _describe(result, image, plan)
     try:
-        write_image(output, levels, item, image_format=job.image_format)
+        write_image(output, levels, image, plan)
+        saved = read_image(output, max_pixels=job.max_pixels).frames
     except ImageFileError as error:
         result.error = str(error)
         return
-    saved = read_back(output)
     result.output = str(output)
-    result.linf_255 = linf_255(saved, item.pixels)
-    result.psnr_db = _finite_or_none(float(psnr(saved[None], item.pixels[None])[0]))
-    if min(item.size) >= 11:
-        result.ssim = round(float(ssim(saved[None], item.pixels[None])[0]), 6)
+    if saved.shape != original.shape:
+        result.error = (
+            f"{output}: the saved file has {saved.shape[0]} frames of {tuple(saved.shape[-2:])}, "
+            f"the original {original.shape[0]} of {tuple(original.shape[-2:])}"
+        )
+        return
+    # JPEG changes the pixels after protection: its budget is the lossless protected pixels'.
+    checked = levels.double() / plan.levels if plan.image_format == "jpeg" else saved
+    result.linf_255 = linf_255(checked, original)  # the worst frame's
+    result.psnr_db = _finite_or_none(float(psnr(saved, original).min()))
+    if min(image.size) >= 11:
+        result.ssim = round(float(ssim(saved, original).min()), 6)
+    if plan.image_format == "jpeg":
+        result.jpeg = codec_figures(model, original, checked.float(), saved, plan.quality)
     if result.linf_255 > eps * 255 + _LINF_SLACK_255:
         result.error = (
             f"{output}: saved file is {result.linf_255:.3f}/255 from the original, over the budget "
-            f"of {eps * 255:g}/255 (the original is finer than 8 bits)"
+            f"of {eps * 255:g}/255 (the original is finer than the output's levels)"
         )
         return
     result.ok = True
+
+
+def to_file_colours(protected: torch.Tensor, plan: OutputPlan) -> torch.Tensor:
+    """Protected frames (F, 3, H, W) in the colours the file can hold.
+
+    A 16-bit gray file stays gray: the perturbation is averaged over the three channels (the
+    mean of values inside the ε-ball around a gray original stays inside it).
+    """
+    if not plan.gray:
+        return protected
+    return protected.mean(dim=1, keepdim=True).expand_as(protected)
+
+
+def codec_figures(
+    model: LatentDiffusion,
+    original: torch.Tensor,
+    lossless: torch.Tensor,
+    saved: torch.Tensor,
+    quality: int,
+) -> dict[str, object]:
+    """How much a JPEG output changed the pixels, and how much protection survived it.
+
+    Args:
+        model: its encoder measures the latent shift ‖E(x') − E(x)‖∞ (scaled latent units).
+        original, lossless, saved: (1, 3, H, W) in [0, 1]: the input, the protected pixels
+            before JPEG, and the JPEG file as decoded.
+        quality: the JPEG quality the file was written with.
+
+    Returns:
+        L∞ distances to the original in 0–255 units (of the saved file, and of the original
+        compressed the same way: the codec's own share), and the latent shifts of the lossless
+        protected pixels, of the JPEG file, and of the compressed original.
+    """
+    compressed_original = jpeg(original, quality)
+    shifts = latent_shift(
+        model, original.repeat(3, 1, 1, 1), torch.cat([lossless, saved, compressed_original])
+    ).latent_linf
+    before, after, codec = (round(float(value), 6) for value in shifts)
+    return {
+        "quality": quality,
+        "budget_checked_on": JPEG_BUDGET_NOTE,
+        "linf_255_saved": linf_255(saved, original),
+        "linf_255_codec_on_original": linf_255(compressed_original, original),
+        "latent_shift_lossless": before,
+        "latent_shift_after_jpeg": after,
+        "latent_shift_codec_on_original": codec,
+    }
+
+
+def _describe(result: FileResult, image: LoadedImage, plan: OutputPlan) -> None:
+    """The record's account of the file: formats, frames, timing, bit depth, metadata."""
+    lossy_webp = image.source_format == "WEBP" and image.lossy
+    result.input_format = image.source_format + (" (lossy)" if lossy_webp else "")
+    result.output_format = plan.image_format
+    result.frames = image.frame_count
+    result.bit_depth = plan.bit_depth
+    result.metadata = plan.metadata_report
+    if image.animation is not None and plan.image_format in ("png", "webp"):
+        result.animation = asdict(image.animation)
 
 
 def _finite_or_none(value: float) -> float | None:

@@ -23,7 +23,7 @@ import torch
 
 from ..filesystem import atomic_write_text, file_sha256
 from ..models import LatentDiffusion, resolve_dtype, versions
-from .jobs import FileResult, ProtectionJob
+from .jobs import JPEG_BUDGET_NOTE, FileResult, ProtectionJob
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,9 @@ def settings_fingerprint(job: ProtectionJob, model_name: str, dtype: str | torch
     """SHA-256 of the settings that decide what a protected file looks like.
 
     Included: the method's full record (budget, prompt, start, weights; a target image by its
-    content), the model's name and precision, the seed, the mask's content and the output format.
+    content), the model's name and precision, the seed, the mask's content, the output format
+    ("auto" when each input keeps its own), the JPEG quality (for JPEG output only: it changes
+    nothing else) and whether metadata is stripped.
     Left out on purpose: batch size, device, process count and speed switches (how the work is
     spread and computed, not what is asked for), and package versions (an upgrade should not
     redo finished work). A re-run skips an image only under the same fingerprint.
@@ -138,7 +140,9 @@ def settings_fingerprint(job: ProtectionJob, model_name: str, dtype: str | torch
         "dtype": str(resolve_dtype(dtype)).removeprefix("torch."),
         "seed": job.seed,
         "mask": None if job.mask is None else _tensor_sha256(job.mask),
-        "output_format": job.image_format,
+        "output_format": job.image_format or "auto",
+        "jpeg_quality": job.quality if job.image_format == "jpeg" else None,
+        "strip_metadata": job.strip_metadata,
     }
     canonical = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -190,11 +194,16 @@ def write_record(
     """
     record = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "units": "linf_255 and eps_255 are in 1/255 of the [0, 1] range; psnr_db in dB",
+        "units": "linf_255 and eps_255 are in 1/255 of the [0, 1] range, whatever the bit depth; "
+        "psnr_db in dB; latent shifts in scaled latent units",
         "method": job.method.as_record(),
         "seed": job.seed,
         "batch_size": job.batch_size,
-        "output_format": job.image_format,
+        "output_format": job.image_format or "auto (lossless inputs keep their format)",
+        "jpeg": {"quality": job.quality, "budget_checked_on": JPEG_BUDGET_NOTE}
+        if job.image_format == "jpeg"
+        else None,
+        "strip_metadata": job.strip_metadata,
         "mask": None if job.mask is None else f"{tuple(job.mask.shape[-2:])}",
         "model": model.describe(),
         "settings_fingerprint": settings_fingerprint(job, model.name, model.dtype),

@@ -25,7 +25,12 @@ from pathlib import Path
 import torch
 
 from ..filesystem import file_sha256
-from ..imagefiles import DEFAULT_MAX_PIXELS, ImageFileError, declared_size
+from ..imagefiles import (
+    DEFAULT_JPEG_QUALITY,
+    DEFAULT_MAX_PIXELS,
+    ImageFileError,
+    declared_size,
+)
 from ..methods import ProtectionMethod
 from ..models import LatentDiffusion, dtype_name, resolve_dtype
 from .files import plan_outputs
@@ -82,7 +87,13 @@ class RunOptions:
     Attributes:
         seed: each batch starts a generator from this seed (see ``ProtectionJob``).
         mask: (1, 1, H, W) in [0, 1] where the perturbation may go, or None.
-        image_format: output format, one of ``imagefiles.OUTPUT_FORMATS``.
+        image_format: output format, one of ``imagefiles.OUTPUT_FORMATS``; None (default):
+            each input keeps its lossless format, others become PNG
+            (``imagefiles.default_output_format``).
+        quality: JPEG quality 1–100 when ``image_format`` is "jpeg"; the budget is then
+            checked on the protected pixels before encoding and the codec's change is recorded.
+        strip_metadata: write no EXIF, XMP, PNG text or DPI; the ICC profile is kept, since
+            the pixels are in its colour space.
         max_pixels: larger inputs are refused by name.
         max_batch_size: upper bound on images of one size protected together; the memory plan
             may choose fewer.
@@ -99,7 +110,9 @@ class RunOptions:
 
     seed: int = 0
     mask: torch.Tensor | None = None
-    image_format: str = "png"
+    image_format: str | None = None
+    quality: int = DEFAULT_JPEG_QUALITY
+    strip_metadata: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_batch_size: int = 1
     memory_budget_bytes: int | None = None
@@ -151,6 +164,8 @@ def protect_files(
         seed=options.seed,
         mask=options.mask,
         image_format=options.image_format,
+        quality=options.quality,
+        strip_metadata=options.strip_metadata,
         max_pixels=options.max_pixels,
     )
 
