@@ -1,4 +1,4 @@
-"""Large images: tiled protection keeps protect's contract.
+"""Large images: tiled protection and working-resolution protection keep protect's contract.
 
 The tile grid is checked on its own; protection runs on the tiny model with two PGD steps on a
 40 × 56 image in tiles of 16 with an overlap of 8 (24 tiles), so the overlaps are where a broken
@@ -15,6 +15,7 @@ import torch
 
 from mimicshield import METHODS, Budget, protect
 from mimicshield.budget import quantise_within_budget
+from mimicshield.resolution import protect_at_resolution, working_size
 from mimicshield.tiling import protect_tiled, tile_cores, tile_grid, tile_starts
 
 BUDGET = Budget.from_255(eps=6, step_size=4, steps=2)  # two steps reach the ball's edge
@@ -37,6 +38,17 @@ def tiled(model, images, seed=0, method="sds-", **options):
         images,
         METHODS[method](budget=BUDGET),
         model,
+        generator=torch.Generator().manual_seed(seed),
+        **options,
+    )
+
+
+def at_resolution(model, images, seed=0, short_side=16, **options):
+    return protect_at_resolution(
+        images,
+        METHODS["sds-"](budget=BUDGET),
+        model,
+        short_side=short_side,
         generator=torch.Generator().manual_seed(seed),
         **options,
     )
@@ -215,3 +227,57 @@ def test_callback_reports_tiles_and_steps(tiny_model, picture):
         for step in range(1, BUDGET.steps + 1)
     ]
     assert calls == expected
+
+
+# Working-resolution protection.
+
+
+def test_working_size_keeps_the_aspect_and_never_enlarges():
+    assert working_size(4000, 6000, 512) == (512, 768)
+    assert working_size(6000, 4000, 1024) == (1536, 1024)
+    assert working_size(300, 200, 512) == (300, 200)
+    with pytest.raises(ValueError, match="short_side"):
+        working_size(40, 56, 0)
+
+
+def test_working_resolution_budget_holds_on_every_pixel_also_in_8_bits(tiny_model, picture):
+    protected = at_resolution(tiny_model, picture)
+    assert protected.shape == picture.shape and protected.dtype == picture.dtype
+    assert protected.min() >= 0 and protected.max() <= 1
+    change = (protected - picture).abs()
+    assert BUDGET.eps - 1e-6 <= change.max() <= BUDGET.eps + 1e-6
+    saved = quantise_within_budget(protected, picture, BUDGET.eps)
+    assert (saved.double() / 255 - picture.double()).abs().max() <= BUDGET.eps + 1e-6
+
+
+def test_working_resolution_protects_at_that_resolution(tiny_model, picture):
+    with encoder_input_sizes(tiny_model) as sizes:
+        at_resolution(tiny_model, picture, short_side=16)
+    assert set(sizes) == {(16, 22)}, "40 × 56 at a short side of 16 is 16 × 22"
+
+
+def test_working_resolution_same_seed_same_output_input_untouched(tiny_model, picture):
+    before = picture.clone()
+    first = at_resolution(tiny_model, picture, seed=5)
+    assert torch.equal(picture, before)
+    assert torch.equal(first, at_resolution(tiny_model, picture, seed=5))
+    assert not torch.equal(first, at_resolution(tiny_model, picture, seed=6))
+
+
+def test_working_resolution_mask_is_respected(tiny_model, picture):
+    mask = torch.zeros(1, 1, *picture.shape[-2:])
+    mask[..., 6:30, 10:45] = 1
+    protected = at_resolution(tiny_model, picture, mask=mask)
+    outside = mask.expand_as(picture) == 0
+    assert torch.equal(protected[outside], picture[outside])
+    assert not torch.equal(protected[~outside], picture[~outside])
+
+
+def test_small_images_are_protected_natively(tiny_model, picture):
+    expected = protect(
+        picture,
+        METHODS["sds-"](budget=BUDGET),
+        tiny_model,
+        generator=torch.Generator().manual_seed(0),
+    )
+    torch.testing.assert_close(at_resolution(tiny_model, picture, short_side=64), expected)
