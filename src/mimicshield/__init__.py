@@ -8,7 +8,9 @@ from .budget import Budget, BudgetError
 from .methods import METHODS, ProtectionMethod
 from .models import DEFAULT_MODEL, LatentDiffusion, ModelUnavailableError
 from .protect import noise_control, protect
+from .resolution import protect_at_resolution
 from .runtime import RunOptions, RunSummary, protect_files
+from .tiling import protect_tiled, tile_grid
 
 try:
     __version__ = version("mimicshield")
@@ -27,6 +29,9 @@ __all__ = [
     "RunSummary",
     "noise_control",
     "protect",
+    "protect_at_resolution",
     "protect_files",
+    "protect_tiled",
+    "tile_grid",
     "__version__",
 ]

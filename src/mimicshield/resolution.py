@@ -1,0 +1,105 @@
+"""Working-resolution protection: protect at the size the mimicking model sees, apply natively.
+
+Fine-tuning and img2img pipelines rarely feed a 6000 × 4000 photograph to the model: they first
+resize it so that its short side is 512 or 1024. Optimising at that working resolution costs a
+fraction of native protection, and the perturbation is shaped for what the pipeline keeps. The
+perturbation δ found there is enlarged to the native size and added to the native image, then
+projected back into the ε-ball and [0, 1], so the budget holds on every native pixel.
+
+Resampling, with torch's ``interpolate`` (it stays on the tensors' device and in float, with no
+8-bit round trip; its antialiased kernels follow Pillow's):
+
+- down: bicubic with antialiasing, as pipelines resize (Pillow and torchvision antialias), so
+  the model is optimised against the image it will be shown, without aliasing;
+- up (δ only): bicubic. A ±ε sign pattern enlarged bicubically and shrunk again keeps more of
+  itself than one enlarged bilinearly (bench/README.md, "Tiling"); the overshoot is clipped by
+  the projection.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .methods import ProtectionMethod
+from .models import LatentDiffusion
+from .pgd import StepCallback
+from .protect import protect
+from .tensors import check_images, check_mask
+
+
+def working_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """(height, width) scaled so the shorter side is ``short_side``, aspect kept, never enlarged.
+
+    Args:
+        height, width: native size in pixels.
+        short_side: pixels of the shorter side at the working resolution (≥ 1).
+
+    Returns:
+        The working size, rounded to whole pixels (each side ≥ 1); the native size when the image
+        is already no larger than that.
+    """
+    if isinstance(short_side, bool) or not isinstance(short_side, int) or short_side < 1:
+        raise ValueError(f"short_side must be a whole number of pixels ≥ 1, got {short_side!r}")
+    scale = short_side / min(height, width)
+    if scale >= 1:
+        return height, width
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, C, H, W) → (B, C, *size): bicubic, antialiased when shrinking; values not clipped."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return F.interpolate(images, size=size, mode="bicubic", antialias=True, align_corners=False)
+
+
+def protect_at_resolution(
+    images: torch.Tensor,
+    method: ProtectionMethod,
+    model: LatentDiffusion,
+    *,
+    short_side: int,
+    mask: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Protect at the working resolution, add the enlarged perturbation to the native images.
+
+    Args:
+        images: (B, 3, H, W) float in [0, 1], any H and W. Not modified.
+        method: a configured method from ``METHODS``; its budget applies to every native pixel.
+        model: the latent diffusion model; its state is restored afterwards.
+        short_side: the shorter side, in pixels, at which to protect (e.g. 512 or 1024: the size
+            the mimicking pipeline resizes to). Images already that small are protected natively.
+        mask: (B or 1, 1, H, W) in [0, 1]: 1 where the perturbation may go, 0 where pixels stay;
+            shrunk with the image for the optimisation, applied at native size to the result.
+        generator: the only source of randomness; same seed → same output.
+        callback: called after each PGD step with (step, steps, objective value).
+
+    Returns:
+        (B, 3, H, W) in [0, 1], same dtype and device as ``images``, within ``method.budget`` of
+        ``images`` on every pixel (and unchanged where ``mask`` is 0).
+    """
+    # 1. Check the inputs and choose the working size.
+    check_images(images)
+    if mask is not None:
+        check_mask(mask, images)
+    native = images.detach().float()
+    size = working_size(*native.shape[-2:], short_side)
+
+    # 2. Protect the shrunk images (the mask shrinks with them, so δ goes where it may).
+    small = resize(native, size).clamp(0, 1)
+    small_mask = None if mask is None else resize(mask.float(), size).clamp(0, 1)
+    protected = protect(
+        small, method, model, mask=small_mask, generator=generator, callback=callback
+    )
+
+    # 3. Enlarge the perturbation, not the image: the native detail stays.
+    delta = resize(protected.float() - small, tuple(native.shape[-2:]))
+    if mask is not None:
+        delta = delta * mask.to(delta)
+
+    # 4. Project into the ε-ball and [0, 1] around the native images.
+    delta = method.budget.project(delta)
+    return (native + delta).clamp(0, 1).to(images.device, images.dtype)
