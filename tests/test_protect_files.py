@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageSequence
 
-from mimicshield import METHODS, Budget, LatentDiffusion, RunOptions, protect_files
+from mimicshield import METHODS, Budget, LatentDiffusion, RunOptions, protect_files, tile_grid
 from mimicshield.runtime import InputError, MemoryPlanError, Processes, collect_inputs
 from mimicshield.runtime.jobs import ProtectionJob
+from mimicshield.runtime.large_images import Tiles, WorkingResolution
 from mimicshield.runtime.memory import ModelSize, estimate_bytes
 from mimicshield.runtime.records import settings_fingerprint
 
@@ -129,16 +130,57 @@ def test_a_decompression_bomb_is_refused_by_name_and_the_rest_protected(
     assert len(summary.results) - len(summary.failed) == 4
 
 
-def test_an_image_too_large_for_the_memory_budget_is_refused_alone(
-    inputs, model, tmp_path, smooth_picture
+def _budget_between(model, small: tuple[int, int], large: tuple[int, int]) -> int:
+    """A memory budget that holds an image of ``small`` (H, W) whole but not one of ``large``."""
+    size = ModelSize.of(model)
+    common = dict(batch_size=1, dtype="fp32", unet_backward_draws=0)
+    small_need = estimate_bytes(size, height=small[0], width=small[1], **common)
+    large_need = estimate_bytes(size, height=large[0], width=large[1], **common)
+    return (small_need + large_need) // 2
+
+
+@pytest.mark.parametrize(
+    "way, expected",
+    [
+        (WorkingResolution(), {"way": "working-resolution", "working_size": [32, 32]}),
+        (
+            Tiles(tile=32, overlap=8),
+            {"way": "tiles", "tile": 32, "overlap": 8, "tiles": len(tile_grid(256, 256, 32, 8))},
+        ),
+    ],
+)
+def test_an_image_too_large_for_memory_goes_the_large_image_way_and_holds_the_budget(
+    inputs, model, tmp_path, smooth_picture, way, expected
 ):
     large = inputs[0].parent / "large.png"
     smooth_picture(9, size=(256, 256)).save(large)
-    size = ModelSize.of(model)
-    common = dict(batch_size=1, dtype="fp32", unet_backward_draws=0)
-    small_need = estimate_bytes(size, height=16, width=24, **common)
-    large_need = estimate_bytes(size, height=256, width=256, **common)
-    budget = (small_need + large_need) // 2
+    steps = []
+    options = RunOptions(
+        memory_budget_bytes=_budget_between(model, (16, 24), (256, 256)), large_images=way
+    )
+    summary = protect_files(
+        [*inputs, large],
+        tmp_path / "out",
+        _method(),
+        model,
+        options,
+        on_step=lambda step, total, value: steps.append((step, total)),
+    )
+    assert [Path(result.input).name for result in summary.failed] == ["broken.png"]
+    (result,) = [r for r in summary.results if r.input == str(large)]
+    assert result.ok and result.protection == expected
+    assert 0 < result.linf_255 <= 6  # the budget, read back from the saved file
+    assert np.abs(_pixels(result.output) - _pixels(large)).max() == result.linf_255
+    others = [r for r in summary.results if r.ok and r.input != str(large)]
+    assert {r.protection["way"] for r in others} == {"whole"}
+    tiles = expected.get("tiles", 1)  # the tiled file reports its steps as one count
+    assert (tiles * 2, tiles * 2) in steps
+
+
+def test_an_image_that_fits_no_way_is_refused_alone(inputs, model, tmp_path, smooth_picture):
+    large = inputs[0].parent / "large.png"
+    smooth_picture(9, size=(256, 256)).save(large)
+    budget = _budget_between(model, (16, 24), (32, 32))  # the working size does not fit
     summary = protect_files(
         [*inputs, large], tmp_path / "out", _method(), model, RunOptions(memory_budget_bytes=budget)
     )

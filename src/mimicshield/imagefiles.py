@@ -35,8 +35,10 @@ from .filesystem import atomic_output
 
 logger = logging.getLogger(__name__)
 
-#: Larger images are refused (2048 × 2048 pixels): the whole image is optimised at once.
-DEFAULT_MAX_PIXELS = 2048 * 2048
+#: Larger images are refused (100 megapixels): a safety limit on decoding and pixel buffers
+#: (each float copy of such an image takes 1.2 GB), not on protection, which handles images too
+#: large for memory at a working resolution or in tiles.
+DEFAULT_MAX_PIXELS = 100_000_000
 #: Formats we write and their suffixes; JPEG only on request (it changes the protected pixels).
 OUTPUT_FORMATS = {"png": ".png", "tiff": ".tiff", "webp": ".webp", "jpeg": ".jpg"}
 #: Formats that store exactly the levels given to them.

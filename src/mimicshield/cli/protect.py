@@ -29,6 +29,7 @@ from ..runtime import (
     plan_outputs,
     protect_files,
 )
+from ..runtime.large_images import LARGE_IMAGE_WAYS, LargeImages, Tiles, WorkingResolution
 from ..runtime.memory import AUTO_MAX_BATCH
 from .options import (
     EXIT_FAILED,
@@ -124,6 +125,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_options(parser, auto_dtype=True)
     speed = parser.add_argument_group("speed and memory")
     speed.add_argument(
+        "--large-images",
+        default=WorkingResolution.name,
+        choices=list(LARGE_IMAGE_WAYS),
+        help="how images too large for the memory budget are protected: at the working "
+        "resolution, the perturbation enlarged to native size, or tile by tile at native "
+        "resolution (default: %(default)s)",
+    )
+    speed.add_argument(
+        "--working-size",
+        type=int,
+        help="short side in pixels of the working resolution (default: the model's native "
+        "resolution, 512 for Stable Diffusion 1.x)",
+    )
+    speed.add_argument(
+        "--tile",
+        type=int,
+        help="tile side in pixels for --large-images tiles (default: the model's native "
+        "resolution)",
+    )
+    speed.add_argument(
+        "--tile-overlap", type=int, help="pixels shared by neighbouring tiles (default: tile/4)"
+    )
+    speed.add_argument(
         "--max-memory",
         default="auto",
         help="memory budget per process, e.g. 8GiB: batch size and precision (with --dtype auto) "
@@ -170,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
         max_batch_size=batch_size_bound(args.batch_size),
         memory_budget_bytes=memory_budget(args.max_memory),
         resume=args.resume,
+        large_images=_large_images(args),
         record_extra={"command": sys.argv},
     )
 
@@ -199,6 +224,8 @@ def run(args: argparse.Namespace) -> int:
         bar.reset(total=files * steps)
 
     def on_step(step: int, steps: int, value: float) -> None:
+        if step == 1 and steps != method.budget.steps:  # a tiled file: all its tiles' steps
+            bar.total += steps - method.budget.steps
         bar.update(1)
 
     def on_file(result: FileResult) -> None:
@@ -256,4 +283,14 @@ def _method(args: argparse.Namespace) -> ProtectionMethod:
     try:
         return method_class(**settings)
     except ValueError as error:  # a setting out of range, named in the message
+        raise CommandError(str(error)) from None
+
+
+def _large_images(args: argparse.Namespace) -> LargeImages:
+    """--large-images with its --working-size, or its --tile and --tile-overlap."""
+    try:
+        if args.large_images == WorkingResolution.name:
+            return WorkingResolution(short_side=args.working_size)
+        return Tiles(tile=args.tile, overlap=args.tile_overlap)
+    except ValueError as error:
         raise CommandError(str(error)) from None

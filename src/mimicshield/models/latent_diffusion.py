@@ -182,6 +182,11 @@ class LatentDiffusion:
     def prediction_type(self) -> str:
         return self.scheduler.config.prediction_type
 
+    @property
+    def native_resolution(self) -> int:
+        """The side in pixels the denoiser was trained at (512 for SD 1.x, 768 for SD 2.x 768)."""
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
     def latent_shape(self, images: torch.Tensor) -> tuple[int, int, int, int]:
         """Shape of the latents of (B, 3, H, W) images."""
         batch, _, height, width = images.shape

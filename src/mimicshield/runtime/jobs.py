@@ -36,6 +36,7 @@ from ..models import LatentDiffusion
 from ..protect import protect
 from ..purify import jpeg
 from .files import plan_outputs
+from .large_images import LargeImages, WorkingResolution
 
 #: Slack on the on-disk budget check, for float round-off only (far below one 8-bit level).
 _LINF_SLACK_255 = 1e-4
@@ -72,6 +73,7 @@ class FileResult:
     bit_depth: int | None = None  # of the output: 8 or 16
     metadata: dict | None = None  # kinds kept, stripped (on request), dropped (format lacks)
     jpeg: dict | None = None  # codec figures of a JPEG output (see ``codec_figures``)
+    protection: dict | None = None  # whole, or the large-image way with its working size/tiles
 
 
 @dataclass
@@ -90,6 +92,9 @@ class ProtectionJob:
         quality: JPEG quality 1–100, used when the format is "jpeg".
         strip_metadata: write no EXIF, XMP, text or DPI (the ICC profile is kept for colour).
         max_pixels: larger inputs are refused with a clear message.
+        max_whole_pixels: images with more pixels are protected the ``large_images`` way, one
+            at a time (None: every image whole); set from the memory plan.
+        large_images: how images too large to protect whole are protected.
     """
 
     method: ProtectionMethod
@@ -101,6 +106,12 @@ class ProtectionJob:
     quality: int = DEFAULT_JPEG_QUALITY
     strip_metadata: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_whole_pixels: int | None = None
+    large_images: LargeImages = WorkingResolution()
+
+    def is_large(self, size: tuple[int, int]) -> bool:
+        """Whether an image of ``size`` (H, W) goes the large-image way."""
+        return self.max_whole_pixels is not None and size[0] * size[1] > self.max_whole_pixels
 
     def __post_init__(self) -> None:
         # Checked here, not at the first file: a bad setting must not fail a run half done.
@@ -190,9 +201,14 @@ def protect_frames(
     """The one place where pixels become protected pixels: (B, 3, H, W) → (B, 3, H, W) in [0, 1].
 
     ``images`` are frames of one size (stills, animation frames or pages); each batch starts a
-    generator from the job's seed.
+    generator from the job's seed. Images larger than the memory plan allows go the job's
+    large-image way (working resolution or tiles); the others are protected whole.
     """
     generator = torch.Generator().manual_seed(job.seed)
+    if job.is_large(tuple(images.shape[-2:])):
+        return job.large_images.protect(
+            images, job.method, model, mask=job.mask, generator=generator, callback=on_step
+        )
     return protect(images, job.method, model, mask=job.mask, generator=generator, callback=on_step)
 
 
@@ -223,10 +239,12 @@ def _batches(
             finish(result)
             continue
         file = _File(loaded, plan, result, protected=[None] * loaded.frame_count)
+        # Large images go one at a time: the memory plan for their way is made at batch 1.
+        batch_size = 1 if job.is_large(loaded.size) else job.batch_size
         for index in range(loaded.frame_count):
             group = pending.setdefault(loaded.size, [])
             group.append(_Frame(file, index))
-            if len(group) == job.batch_size:
+            if len(group) == batch_size:
                 yield pending.pop(loaded.size)
     yield from pending.values()
 
@@ -248,6 +266,11 @@ def _save_and_verify(file: _File, output: Path, job: ProtectionJob, model: Laten
     protected = to_file_colours(torch.stack(file.protected), plan)
     levels = quantise_within_budget(protected, original, eps, levels=plan.levels)
     _describe(result, image, plan)
+    result.protection = (
+        job.large_images.describe(model, *image.size)
+        if job.is_large(image.size)
+        else {"way": "whole"}
+    )
     try:
         write_image(output, levels, image, plan)
         saved = read_image(output, max_pixels=job.max_pixels).frames

@@ -35,6 +35,7 @@ from ..methods import ProtectionMethod
 from ..models import LatentDiffusion, dtype_name, resolve_dtype
 from .files import plan_outputs
 from .jobs import FileResult, ProtectionJob, run_job
+from .large_images import LargeImages, WorkingResolution
 from .memory import MemoryPlan, MemoryPlanError, ModelSize, automatic_budget, plan_memory
 from .processes import Processes, shard
 from .records import (
@@ -95,6 +96,8 @@ class RunOptions:
         strip_metadata: write no EXIF, XMP, PNG text or DPI; the ICC profile is kept, since
             the pixels are in its colour space.
         max_pixels: larger inputs are refused by name.
+        large_images: how inputs too large for memory are protected (``WorkingResolution()``:
+            at the model's native resolution, the perturbation enlarged; or ``Tiles()``).
         max_batch_size: upper bound on images of one size protected together; the memory plan
             may choose fewer.
         memory_budget_bytes: memory the run may use per process; None: 85 % of what the
@@ -114,6 +117,7 @@ class RunOptions:
     quality: int = DEFAULT_JPEG_QUALITY
     strip_metadata: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    large_images: LargeImages = WorkingResolution()
     max_batch_size: int = 1
     memory_budget_bytes: int | None = None
     dtypes: tuple[str, ...] | None = None
@@ -174,12 +178,18 @@ def protect_files(
 
     # 2. Batch size and precision that fit the largest image that can fit; larger ones are
     #    refused by name. The model follows the chosen precision.
-    plan, refused = fit_memory(model, job, inputs, options, processes)
+    fit = fit_memory(model, job, inputs, options, processes)
+    plan, refused = fit.plan, fit.refused
     if resolve_dtype(plan.dtype) != model.dtype:
         model.to(model.device, resolve_dtype(plan.dtype))
     if options.speed is not None:
         configure(model, options.speed)
-    job = dataclasses.replace(job, batch_size=plan.batch_size)
+    job = dataclasses.replace(
+        job,
+        batch_size=plan.batch_size,
+        max_whole_pixels=fit.max_whole_pixels,
+        large_images=options.large_images,
+    )
 
     # 3. Resume: what an earlier run with the same fingerprint finished stays as it is. This
     #    run's own records are left out: processes that start late must see what the others saw.
@@ -241,24 +251,39 @@ def protect_files(
     return RunSummary(results, record_path, plan, seconds, processes.count)
 
 
+@dataclass(frozen=True)
+class MemoryFit:
+    """How a run fits its memory budget.
+
+    Attributes:
+        plan: batch size and precision.
+        max_whole_pixels: the most pixels an image may have to be protected whole; larger ones
+            go the run's large-image way (None: every input fits whole).
+        refused: {input: the sentence that refuses it}, for inputs that fit no way.
+    """
+
+    plan: MemoryPlan
+    max_whole_pixels: int | None
+    refused: dict[Path, str]
+
+
 def fit_memory(
     model: LatentDiffusion,
     job: ProtectionJob,
     inputs: Sequence[Path],
     options: RunOptions,
     processes: Processes,
-) -> tuple[MemoryPlan, dict[Path, str]]:
-    """The memory plan for the largest input that fits, and why each larger input cannot.
+) -> MemoryFit:
+    """Which inputs fit whole, the plan for them, and how the larger ones are protected.
 
     Sizes come from the file headers (nothing is decoded); files whose header cannot be read
     are left to fail by name when they are read. The automatic budget counts the loaded weights.
-
-    Returns:
-        The plan (batch size, precision) and {input: the sentence that refuses it}.
+    The plan fits the largest input that fits whole; each larger input goes the large-image way
+    (``options.large_images``) if what the networks then see fits, and is refused otherwise.
 
     Raises:
-        memory.MemoryPlanError: not even the smallest input fits, at batch 1 in the leanest
-            precision: the budget itself is too small; the message says what would fit.
+        memory.MemoryPlanError: no input fits any way, even at batch 1 in the leanest precision:
+            the budget itself is too small; the message says what would fit.
     """
     size = ModelSize.of(model)
     budget = options.memory_budget_bytes
@@ -268,32 +293,47 @@ def fit_memory(
         budget = automatic_budget(model.device, resident_bytes=weights, sharers=sharers)
     sizes = _declared_sizes(inputs, options.max_pixels) or {None: _FALLBACK_SIZE}
 
-    def plan(height: int, width: int) -> MemoryPlan:
+    def plan(height: int, width: int, dtypes: tuple[str, ...], batch: int) -> MemoryPlan:
         return plan_memory(
             size,
             height=height,
             width=width,
             unet_backward_draws=job.method.noise_samples if job.method.weights().denoising else 0,
             budget_bytes=budget,
-            dtypes=options.dtypes or (dtype_name(model.dtype),),
-            max_batch_size=options.max_batch_size,
+            dtypes=dtypes,
+            max_batch_size=batch,
             method_name=job.method.name,
         )
 
-    refused: dict[Path, str] = {}
-    by_pixels = sorted(set(sizes.values()), key=lambda hw: hw[0] * hw[1], reverse=True)
-    for rank, (height, width) in enumerate(by_pixels):
+    # 1. The largest size that fits whole sets the plan; larger sizes are large images.
+    dtypes = options.dtypes or (dtype_name(model.dtype),)
+    chosen, max_whole_pixels, large = None, 0, []
+    for height, width in sorted(set(sizes.values()), key=lambda hw: hw[0] * hw[1], reverse=True):
         try:
-            chosen = plan(height, width)
+            chosen = plan(height, width, dtypes, options.max_batch_size)
+        except MemoryPlanError:
+            large.append((height, width))
+            continue
+        max_whole_pixels = height * width
+        break
+
+    # 2. A large image goes its way (one at a time) when what the networks see then fits.
+    refused: dict[Path, str] = {}
+    last_error = None
+    for height, width in large:
+        seen = options.large_images.size(model, height, width)
+        try:
+            fitted = plan(*seen, (chosen.dtype,) if chosen else dtypes, 1)
         except MemoryPlanError as error:
-            if rank == len(by_pixels) - 1:
-                raise
+            last_error = error
             for path, declared in sizes.items():
                 if declared == (height, width):
                     refused[path] = f"{path}: too large for the memory budget: {error}"
             continue
-        return chosen, refused
-    raise AssertionError("unreachable: the last size either fits or raises")
+        chosen = chosen or fitted
+    if chosen is None:  # nothing fits any way: the budget, not the images, is the problem
+        raise last_error
+    return MemoryFit(chosen, max_whole_pixels if large else None, refused)
 
 
 def _declared_sizes(inputs: Sequence[Path], max_pixels: int) -> dict[Path, tuple[int, int]]:
