@@ -23,6 +23,7 @@ from mimicshield.runtime.speed import SpeedOptions, configure
 
 
 def main() -> None:
+    """Measure the three configurations at two resolutions; print the fitted constants as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--resolutions", default="128,256")

@@ -35,6 +35,7 @@ SAMPLES = Path(__file__).resolve().parents[1] / "src" / "mimicshield" / "samples
 
 
 def main() -> None:
+    """Protect, mimic and measure the samples per schedule, method and seed; print the rows."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="mini")
     parser.add_argument("--methods", default="sds-,photoguard,advdm")

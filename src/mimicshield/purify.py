@@ -259,21 +259,30 @@ class NoPurification(Purifier):
 
     @classmethod
     def from_parameter(cls, text: str) -> Purifier:
+        """The purifier for ``none``; ``text`` must be empty.
+
+        Raises:
+            ValueError: a parameter follows ``none``.
+        """
         if text:
             raise ValueError(f"the purifier 'none' takes no parameter, got 'none{text}'")
         return cls()
 
     @property
     def name(self) -> str:
+        """Always ``none``: there is no setting to append."""
         return "none"
 
     def apply(self, images: torch.Tensor, generator: _Generator, model: _Model) -> torch.Tensor:
+        """A detached copy of ``images``, so the caller may modify the result freely."""
         check_images(images)
         return images.detach().clone()
 
 
 @dataclass(frozen=True)
 class JpegPurifier(Purifier):
+    """``jpeg<quality>``: a Pillow JPEG round trip (see ``jpeg``)."""
+
     quality: int = 75  # Pillow quality 1–100; 75 is Pillow's own default
 
     prefix: ClassVar[str] = "jpeg"
@@ -284,11 +293,14 @@ class JpegPurifier(Purifier):
         check_range(self.quality, "JPEG quality", 1, 100, whole=True)
 
     def apply(self, images: torch.Tensor, generator: _Generator, model: _Model) -> torch.Tensor:
+        """``jpeg`` at this quality; ``generator`` and ``model`` are unused."""
         return jpeg(images, self.quality)
 
 
 @dataclass(frozen=True)
 class ResizePurifier(Purifier):
+    """``resize<factor>``: downscale and upscale back (see ``resize``)."""
+
     factor: float = 0.5  # side of the small image relative to the original, in (0, 1]
 
     prefix: ClassVar[str] = "resize"
@@ -298,11 +310,14 @@ class ResizePurifier(Purifier):
         check_range(self.factor, "resize factor", 0, 1, low_open=True)
 
     def apply(self, images: torch.Tensor, generator: _Generator, model: _Model) -> torch.Tensor:
+        """``resize`` by this factor; ``generator`` and ``model`` are unused."""
         return resize(images, self.factor)
 
 
 @dataclass(frozen=True)
 class BlurPurifier(Purifier):
+    """``blur<sigma>``: Gaussian blur with replicated edges (see ``gaussian_blur``)."""
+
     sigma: float = 1.0  # Gaussian standard deviation in pixels
 
     prefix: ClassVar[str] = "blur"
@@ -312,11 +327,14 @@ class BlurPurifier(Purifier):
         check_range(self.sigma, "blur sigma", 0, math.inf)
 
     def apply(self, images: torch.Tensor, generator: _Generator, model: _Model) -> torch.Tensor:
+        """``gaussian_blur`` with this sigma; ``generator`` and ``model`` are unused."""
         return gaussian_blur(images, self.sigma)
 
 
 @dataclass(frozen=True)
 class NoisePurifier(Purifier):
+    """``noise<std>``: additive Gaussian noise, clipped to [0, 1] (see ``gaussian_noise``)."""
+
     std: float = 8.0  # standard deviation in 0–255 units
 
     prefix: ClassVar[str] = "noise"
@@ -326,11 +344,14 @@ class NoisePurifier(Purifier):
         check_range(self.std, "noise std", 0, 255)
 
     def apply(self, images: torch.Tensor, generator: _Generator, model: _Model) -> torch.Tensor:
+        """``gaussian_noise`` with this std, drawn from ``generator``; ``model`` is unused."""
         return gaussian_noise(images, self.std, generator=generator)
 
 
 @dataclass(frozen=True)
 class DiffusionPurifier(Purifier):
+    """``diffpure<strength>``: noise the latent, denoise it with DDIM (see ``diffusion_purify``)."""
+
     strength: float = 0.1  # fraction of the diffusion undone, in (0, 1]
     num_inference_steps: int = 100  # DDIM steps of a full schedule (as SDEdit's protocol)
 
@@ -343,6 +364,7 @@ class DiffusionPurifier(Purifier):
         check_positive(self.num_inference_steps, "num_inference_steps")
 
     def apply(self, images: torch.Tensor, generator: _Generator, model: _Model) -> torch.Tensor:
+        """``diffusion_purify`` with ``model`` (required) and noise drawn from ``generator``."""
         return diffusion_purify(
             images,
             model,
@@ -367,8 +389,10 @@ PURIFIERS: dict[str, type[Purifier]] = {
 
 
 def parse_purifier(name: str) -> Purifier:
-    """Build a purifier from a name like ``none``, ``jpeg75``, ``resize0.5``, ``blur1``,
-    ``noise8`` or ``diffpure0.1`` (case and surrounding spaces ignored).
+    """Build a purifier from a name such as ``jpeg75`` or ``diffpure0.1``.
+
+    Names are ``<prefix><setting>`` (``none``, ``jpeg75``, ``resize0.5``, ``blur1``, ``noise8``,
+    ``diffpure0.1``); case and surrounding spaces are ignored.
 
     Raises:
         ValueError: unknown prefix (the message lists the known forms) or a bad parameter.

@@ -30,6 +30,11 @@ def resolve_target(target: str | torch.Tensor, height: int, width: int) -> torch
     Args:
         target: "pattern", "gray", or a (3, h, w) / (1, 3, h, w) image in [0, 1] (resized
             bilinearly when its size differs).
+        height: image height in pixels.
+        width: image width in pixels.
+
+    Raises:
+        ValueError: ``target`` is an unknown name or an image without 3 channels.
     """
     if isinstance(target, torch.Tensor):
         image = target.detach().float().reshape(-1, *target.shape[-3:])[:1]

@@ -13,6 +13,7 @@ from .recipe import STAGES, run
 
 
 def main() -> None:
+    """Run the stage named on the command line, or every stage in order for ``all``."""
     parser = argparse.ArgumentParser(prog="python -m training.mini", description=__doc__)
     parser.add_argument("stage", choices=("all", *STAGES))
     args = parser.parse_args()

@@ -19,9 +19,13 @@ log = logging.getLogger(__name__)
 class Stateful(Protocol):
     """A model or an optimizer: anything with ``state_dict`` and ``load_state_dict``."""
 
-    def state_dict(self) -> dict: ...
+    def state_dict(self) -> dict:
+        """Everything needed to restore the object later, in a form ``torch.save`` stores."""
+        ...
 
-    def load_state_dict(self, state_dict: dict) -> object: ...
+    def load_state_dict(self, state_dict: dict) -> object:
+        """Restore the object in place from what ``state_dict`` returned."""
+        ...
 
 
 def save(path: Path, state: dict) -> None:

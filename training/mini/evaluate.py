@@ -53,6 +53,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-image SSIM between (N, H, W, 3) uint8 batches (scikit-image's default 7×7 window)."""
     return np.asarray(
         [
             structural_similarity(x, y, channel_axis=2, data_range=255)

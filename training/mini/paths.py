@@ -18,10 +18,12 @@ class Folders:
 
     @property
     def debs(self) -> Path:
+        """The downloaded Debian packages (``apt-get download``) the images come from."""
         return self.data / "debs"
 
     @property
     def extract(self) -> Path:
+        """Those packages unpacked (``dpkg -x``), one folder per package."""
         return self.data / "extract"
 
     @property
@@ -36,18 +38,22 @@ class Folders:
 
     @property
     def tokenizer(self) -> Path:
+        """The CLIP tokenizer learned from the training captions (vocab.json, merges.txt)."""
         return self.runs / "tokenizer"
 
     @property
     def vae_run(self) -> Path:
+        """The VAE training run: its ``last.pt`` checkpoint."""
         return self.runs / "vae"
 
     @property
     def latents(self) -> Path:
+        """The VAE posterior mean and std of every crop and its mirror, and the scaling factor."""
         return self.runs / "latents.pt"
 
     @property
     def unet_run(self) -> Path:
+        """The UNet and text encoder training run: its ``last.pt`` checkpoint."""
         return self.runs / "unet"
 
 

@@ -101,16 +101,20 @@ class Models:
     optimizer: torch.optim.Optimizer
 
     def parts(self) -> dict[str, checkpoint.Stateful]:
+        """Every field by name, as ``checkpoint.save_training`` and its restore expect them."""
         return {field.name: getattr(self, field.name) for field in fields(self)}
 
     def params(self) -> list[torch.nn.Parameter]:
+        """The trained parameters: the UNet's, then the text encoder's."""
         return list(self.unet.parameters()) + list(self.text_encoder.parameters())
 
     def ema_params(self) -> list[torch.nn.Parameter]:
+        """The EMA copies' parameters, in the order of ``params`` (paired in the EMA update)."""
         return list(self.ema_unet.parameters()) + list(self.ema_text.parameters())
 
 
 def build_text_encoder(tok) -> CLIPTextModel:
+    """A randomly initialised ``TEXT_CONFIG`` CLIP text model for ``tok``'s vocabulary and ids."""
     config = CLIPTextConfig(
         vocab_size=len(tok),
         bos_token_id=tok.bos_token_id,

@@ -50,6 +50,7 @@ class Settings:
 
 
 def build() -> AutoencoderKL:
+    """A randomly initialised AutoencoderKL with the miniature's ``CONFIG``."""
     return AutoencoderKL(**CONFIG)
 
 

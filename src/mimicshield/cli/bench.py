@@ -16,6 +16,7 @@ from .options import EXIT_OK, CommandError, comma_list
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``bench`` subcommand and its options to the ``mimicshield`` parser."""
     parser = subparsers.add_parser(
         "bench",
         help="measure time per step, peak memory and FLOPs of protection methods",
@@ -59,6 +60,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Benchmark every combination of the options, print a table, optionally write JSON.
+
+    Returns:
+        ``EXIT_OK``.
+
+    Raises:
+        CommandError: an option value is malformed or out of range.
+    """
     try:
         config = BenchConfig(
             model=args.model,

@@ -25,6 +25,7 @@ STRENGTH = 0.3
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``demo`` subcommand and its options to the ``mimicshield`` parser."""
     parser = subparsers.add_parser(
         "demo", help="offline demonstration on the bundled miniature model and sample images"
     )
@@ -38,6 +39,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the demo evaluation on the CPU, write the report folder, print the summary table.
+
+    Returns:
+        ``EXIT_OK``.
+    """
     model = load_model(args, device="cpu", dtype="fp32")
     notes = model_notes(model) or [f"model: {model.name}"]
     images = [read_image(path) for path in sorted(SAMPLES.glob("*.png"))]

@@ -9,12 +9,14 @@ from ..models import devices, versions
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``env`` subcommand and its options to the ``mimicshield`` parser."""
     parser = subparsers.add_parser("env", help="print versions, devices and dtype support")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Print package versions and each device with its supported dtypes; returns 0."""
     report = {"versions": versions(), "devices": devices()}
     if args.json:
         print(json.dumps(report, indent=2))

@@ -47,6 +47,7 @@ class ProtectionMethod:
 
     @property
     def needs_target(self) -> bool:
+        """Whether the objective has an L_T term, so a target latent must be computed."""
         return self.weights().latent_distance != 0
 
     def as_record(self) -> dict[str, object]:

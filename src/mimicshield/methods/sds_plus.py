@@ -13,8 +13,11 @@ from .base import ProtectionMethod
 
 @dataclass(frozen=True)
 class SDSPlus(ProtectionMethod):
+    """SDS+ (Xue et al., ICLR 2024): x ← Π(x + α·sign(J_Eᵀ(ε̂ − ε))), no UNet backward."""
+
     name = "sds+"
     paper = "Xue et al., ICLR 2024 (arXiv 2311.12832)"
 
     def weights(self) -> ObjectiveWeights:
+        """Ascend the SDS surrogate of L_S with weight 1; no other term."""
         return ObjectiveWeights(score_distillation=1.0)

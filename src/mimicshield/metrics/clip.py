@@ -44,6 +44,7 @@ class ClipImageEncoder:
 
     @property
     def device(self) -> torch.device:
+        """Where the model's weights are, and so where ``preprocess`` puts the images."""
         return next(self.model.parameters()).device
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
@@ -79,7 +80,8 @@ def clip_similarity(
     """Cosine similarity of the CLIP embeddings of each image and its reference.
 
     Args:
-        images, references: (B, 3, H, W) in [0, 1], same shape.
+        images: (B, 3, H, W) in [0, 1].
+        references: (B, 3, H, W) in [0, 1], the same shape as ``images``.
         encoder: from ``load_clip`` (or any callable images → (B, D) embeddings).
 
     Returns:

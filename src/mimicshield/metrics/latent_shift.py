@@ -50,8 +50,8 @@ def latent_shift(
 
     Args:
         model: the latent diffusion model whose encoder is measured; its state is restored.
-        clean, protected: (B, 3, H, W) in [0, 1], same shape; any H and W (both are
-            edge-padded identically to the VAE's multiple).
+        clean: (B, 3, H, W) in [0, 1]; any H and W (edge-padded to the VAE's multiple).
+        protected: (B, 3, H, W) in [0, 1], the same shape as ``clean`` (padded identically).
 
     Returns:
         A ``LatentShift`` of (B,) tensors.

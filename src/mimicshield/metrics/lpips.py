@@ -1,5 +1,6 @@
-"""LPIPS (Zhang et al., "The unreasonable effectiveness of deep features as a perceptual metric",
-CVPR 2018): a learned perceptual distance between images.
+"""LPIPS: a learned perceptual distance between images.
+
+Zhang et al., "The unreasonable effectiveness of deep features as a perceptual metric", CVPR 2018:
 
     d(x, y) = Σ_l  mean_{h,w}  Σ_c  w_{l,c} · (x̂_{l,chw} − ŷ_{l,chw})²
 
@@ -31,8 +32,10 @@ class LpipsNetwork(Protocol):
     """What ``lpips_distance`` needs: feature maps and per-channel weights, layer by layer."""
 
     def features(self, images: torch.Tensor) -> Sequence[torch.Tensor]:
-        """(B, 3, H, W) in [0, 1] → one (B, C_l, H_l, W_l) map per layer (any input scaling the
-        backbone wants happens inside)."""
+        """(B, 3, H, W) in [0, 1] → one (B, C_l, H_l, W_l) map per layer.
+
+        Any input scaling the backbone wants happens inside.
+        """
         ...
 
     @property
@@ -49,7 +52,8 @@ def lpips_distance(
     Differentiable; wrap in ``torch.no_grad()`` when only measuring.
 
     Args:
-        images, references: (B, 3, H, W) in [0, 1], same shape.
+        images: (B, 3, H, W) in [0, 1].
+        references: (B, 3, H, W) in [0, 1], the same shape as ``images``.
         network: the backbone and its learned channel weights (``load_lpips`` or a stand-in).
 
     Returns:
@@ -89,12 +93,14 @@ class LpipsPackageNetwork:
     module: torch.nn.Module
 
     def features(self, images: torch.Tensor) -> Sequence[torch.Tensor]:
+        """(B, 3, H, W) in [0, 1] → one (B, C_l, H_l, W_l) ReLU output per backbone layer."""
         device = next(self.module.parameters()).device
         scaled = self.module.scaling_layer(images.to(device) * 2 - 1)
         return list(self.module.net.forward(scaled))
 
     @property
     def channel_weights(self) -> Sequence[torch.Tensor]:
+        """One (C_l,) vector per layer: the kernels of the package's 1×1 linear convolutions."""
         # Each linear layer is Sequential([Dropout,] Conv2d(C, 1, 1, bias=False)): the conv's
         # (1, C, 1, 1) kernel is the channel weight vector.
         return [linear.model[-1].weight.flatten() for linear in self.module.lins]

@@ -17,9 +17,20 @@ from ..tensors import draw_device, rand
 
 
 class MaskFunction(Protocol):
+    """The shared signature of the ``MASKS`` generators; their other settings have defaults."""
+
     def __call__(
         self, height: int, width: int, *, generator: torch.Generator | None = None
-    ) -> torch.Tensor: ...
+    ) -> torch.Tensor:
+        """A (1, 1, height, width) float mask in {0, 1}, 1 = repaint, on the CPU.
+
+        Args:
+            height: mask height in pixels, ≥ 1.
+            width: mask width in pixels, ≥ 1.
+            generator: the randomness of random masks (same seed → same mask); ignored by
+                deterministic ones.
+        """
+        ...
 
 
 def center_mask(

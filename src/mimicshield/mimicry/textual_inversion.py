@@ -123,8 +123,10 @@ class LearnedToken:
     losses: tuple[float, ...] = ()
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write ``{placeholder: embedding}`` as safetensors (diffusers' ``load_textual_inversion``
-        reads it)."""
+        """Write ``{placeholder: embedding}`` as a safetensors file at ``path``.
+
+        diffusers' ``load_textual_inversion`` reads the file.
+        """
         save_file({self.placeholder: self.embedding.contiguous()}, str(path))
 
 
@@ -352,7 +354,9 @@ def textual_inversion(
         images: (N, 3, H, W) float in [0, 1]. Not modified.
         config: how the token is learned (``TextualInversionConfig()`` when None).
         prompt: generation prompt with "{}" for the token.
-        num_images, num_inference_steps, guidance_scale: of the generation (see ``generate``).
+        num_images: how many images to generate.
+        num_inference_steps: DDIM steps of the generation.
+        guidance_scale: classifier-free guidance weight of the generation (1 disables it).
         generator: the only randomness, used by learning then generation.
         callback: training progress, (step, steps, loss).
 

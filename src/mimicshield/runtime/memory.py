@@ -85,6 +85,7 @@ class ModelSize:
 
     @classmethod
     def of(cls, model: LatentDiffusion) -> ModelSize:
+        """Read the sizes from a loaded model's networks and configs."""
         networks = (model.vae, model.unet, model.text_encoder)
         return cls(
             parameters=sum(p.numel() for net in networks for p in net.parameters()),
@@ -115,6 +116,7 @@ class MemoryPlan:
     vae_tiling: bool = False
 
     def as_record(self) -> dict[str, object]:
+        """The plan for the run's record, byte counts in GiB rounded to 3 decimals."""
         return {
             "batch_size": self.batch_size,
             "dtype": self.dtype,
@@ -138,7 +140,8 @@ def estimate_bytes(
 
     Args:
         size: the model's ``ModelSize``.
-        height, width: image size in pixels (padded up to the VAE's multiple here).
+        height: image height in pixels (padded up to the VAE's multiple here).
+        width: image width in pixels (padded likewise).
         batch_size: images per step.
         dtype: ``fp32``, ``bf16`` or ``fp16``: the networks' weights and activations.
         unet_backward_draws: diffusion draws per image whose gradient runs through the UNet:

@@ -61,11 +61,14 @@ class Processes:
 
     @property
     def is_main(self) -> bool:
+        """Whether this is the main process (index 0), which merges the record parts of a run."""
         return self.index == 0
 
     def record_path(self, folder: Path) -> Path:
-        """protect-<UTC time>[-N].json, a name no earlier run used, chosen by the main process
-        so that every process agrees."""
+        """The run's record path in ``folder``: protect-<UTC time>[-N].json, a name not yet taken.
+
+        The main process chooses it and broadcasts it, so that every process agrees.
+        """
         stamp = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
         name, counter = f"protect-{stamp}.json", 2
         while (folder / name).exists():
@@ -78,6 +81,7 @@ class Processes:
         return folder / chosen[0]
 
     def wait_for_everyone(self) -> None:
+        """Block until every process of the run has reached this call (accelerate's barrier)."""
         from accelerate import PartialState
 
         PartialState().wait_for_everyone()

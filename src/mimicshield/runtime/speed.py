@@ -46,6 +46,7 @@ class SpeedOptions:
     encoder_checkpointing: bool = False
 
     def as_record(self) -> dict[str, bool]:
+        """Every switch by its field name, for the run's record."""
         return {
             "channels_last": self.channels_last,
             "compile": self.compile,
