@@ -15,7 +15,7 @@ from .options import EXIT_FAILED, EXIT_USAGE, CommandError, print_error
 
 #: Subcommand modules, each with ``register(subparsers)``; imported when the parser is built, after
 #: the libraries have been quieted (some of them warn at import time).
-SUBCOMMANDS = ("protect", "mimic", "evaluate", "demo", "bench", "env")
+SUBCOMMANDS = ("protect", "mimic", "evaluate", "demo", "bench", "serve", "env")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,331 @@
+"""The web page: its plain parts without a browser, then the page itself in Debian's Chromium.
+
+The browser checks share one server (``mimicshield serve`` in a subprocess, on the tiny random
+model) and one headless Chromium driven by Playwright, both module-scoped to keep time down.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mimicshield import METHODS, Budget, RunOptions
+from mimicshield.web import jobs, presets, views
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def quick_method(eps_255: float = 1, steps: int = 2):
+    """SDS− at a budget small enough that two steps of one level would exceed it unprojected."""
+    return METHODS["sds-"](budget=Budget.from_255(eps_255, 1, steps))
+
+
+def levels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+# ---------------------------------------------------------------- without a browser
+
+
+def test_importing_the_web_package_loads_no_gradio_and_changes_no_environment():
+    code = (
+        "import os, sys; before = dict(os.environ); "
+        "import mimicshield.web, mimicshield.web.jobs, mimicshield.web.views, "
+        "mimicshield.web.presets, mimicshield.cli.main; "
+        "assert 'gradio' not in sys.modules, 'gradio imported'; "
+        "assert dict(os.environ) == before, 'environment changed'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_serve_without_the_extra_says_how_to_install_it(run_cli, monkeypatch, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        "importlib.util.find_spec", lambda name, *a: None if name == "gradio" else real(name, *a)
+    )
+    assert run_cli("serve") == 2
+    assert "pip install 'mimicshield[web]'" in capsys.readouterr().err
+
+
+def test_presets_name_their_budget_in_0_255_units():
+    assert list(presets.PRESETS) == ["light", "standard", "strong"]
+    standard = presets.PRESETS["standard"]
+    assert (standard.eps_255, standard.steps) == (16, 100)  # the paper's reference budget
+    assert standard.label("standard").startswith("standard — ε 16/255, 100 steps")
+
+
+def test_uploads_are_refused_as_a_whole_only_when_none_or_too_many(tmp_path):
+    limits = jobs.UploadLimits(max_files=2)
+    with pytest.raises(jobs.UploadError, match="Add one or more images"):
+        jobs.check_uploads(None, limits)
+    with pytest.raises(jobs.UploadError, match="3 files were given.*at most 2"):
+        jobs.check_uploads(["a.png", "b.png", "c.png"], limits)
+    assert jobs.check_uploads(["a.png"], limits) == [Path("a.png")]
+
+
+def test_job_folders_live_until_the_sessions_next_job_or_release(tmp_path):
+    folders = jobs.JobFolders(tmp_path)
+    first = folders.start("session")
+    (first / "file").write_text("x")
+    second = folders.start("session")
+    assert not first.exists() and second.is_dir()
+    other = folders.start("other session")
+    folders.release("session")
+    assert not second.exists() and other.is_dir()
+
+
+def test_a_job_protects_the_good_file_names_the_bad_one_and_zips_the_record(
+    tiny_model, smooth_picture, tmp_path
+):
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    smooth_picture(0).save(uploads / "good.png")
+    (uploads / "broken.png").write_bytes(b"not an image at all")
+    outcome = jobs.run_job(
+        [uploads / "good.png", uploads / "broken.png"],
+        tmp_path / "job",
+        quick_method(),
+        tiny_model,
+        RunOptions(),
+        cancelled=threading.Event(),
+    )
+    assert [path.name for path in outcome.downloads] == ["good.png", jobs.ZIP_NAME]
+    assert len(outcome.messages) == 1 and outcome.messages[0].startswith("broken.png: ")
+    assert str(uploads) not in outcome.messages[0]  # the upload's name, not the server's path
+    assert np.abs(levels(outcome.downloads[0]) - levels(uploads / "good.png")).max() <= 1
+    with zipfile.ZipFile(outcome.downloads[1]) as archive:
+        names = archive.namelist()
+        record = json.loads(archive.read(outcome.summary.record_path.name))
+    assert names == ["good.png", outcome.summary.record_path.name]
+    assert [image["ok"] for image in record["images"]] == [True, False]
+
+
+def test_cancel_stops_a_job_at_the_next_step(tiny_model, smooth_picture, tmp_path):
+    smooth_picture(0).save(tmp_path / "a.png")
+    cancelled = threading.Event()
+    steps = []
+
+    def step(step, total, value):
+        steps.append(step)
+        cancelled.set()  # as if Cancel were pressed during the first step
+
+    with pytest.raises(jobs.JobCancelled):
+        jobs.run_job(
+            [tmp_path / "a.png"],
+            tmp_path / "job",
+            quick_method(steps=5),
+            tiny_model,
+            RunOptions(),
+            cancelled=cancelled,
+            on_step=step,
+        )
+    assert len(steps) == 1
+    with pytest.raises(jobs.JobCancelled):  # pressed while the job was still waiting
+        jobs.run_job(
+            [tmp_path / "a.png"],
+            tmp_path / "job2",
+            quick_method(),
+            tiny_model,
+            RunOptions(),
+            cancelled=cancelled,
+        )
+    assert not (tmp_path / "job2").exists()
+
+
+def test_the_amplified_view_is_gray_where_nothing_changed_and_saturates_at_eps():
+    original = torch.full((3, 2, 2), 0.5)
+    protected = original.clone()
+    protected[:, 0, 0] += 4 / 255
+    protected[:, 0, 1] -= 4 / 255
+    shown = views.amplified(original, protected, eps_255=4)
+    assert shown.shape == (2, 2, 3) and shown.dtype == np.uint8
+    assert shown[0, 0, 0] == 255 and shown[0, 1, 0] == 0 and shown[1, 1, 0] == 128
+    assert views.amplification(4) == pytest.approx(127.5 / 4)
+
+
+def test_the_mimicry_preview_uses_the_same_seed_for_both_images(tiny_model):
+    picture = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0))
+    first, second = views.mimicry_pair(
+        tiny_model, picture, picture, prompt="a photo", strength=0.3, num_inference_steps=4, seed=0
+    )
+    assert first.shape == (16, 16, 3) and np.array_equal(first, second)
+
+
+# ---------------------------------------------------------------- in a real browser
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir):
+    """``mimicshield serve`` on the tiny model: yields (URL, its temporary folder); stops it and
+    checks that the folder went with it."""
+    pytest.importorskip("gradio", reason="the web extra is not installed: pip install -e .[web]")
+    port = _free_port()
+    command = [sys.executable, "-m", "mimicshield", "serve", "--model", str(tiny_model_dir)]
+    command += ["--device", "cpu", "--dtype", "fp32", "--port", str(port), "--max-files", "3"]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+    )
+    lines, url, root = [], None, None
+    deadline = time.monotonic() + 120
+    while (url is None or root is None) and time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "the page is at " in line:
+            url = line.split("the page is at ")[1].split()[0]
+        if "files of this server: " in line:
+            root = Path(line.split("files of this server: ")[1].split()[0])
+    if url is None or root is None:
+        process.kill()
+        pytest.fail("the server did not start:\n" + "".join(lines))
+    threading.Thread(target=process.stdout.read, daemon=True).start()  # keep the pipe drained
+    assert url.startswith("http://127.0.0.1:")  # localhost unless told otherwise
+    yield url, root
+    process.terminate()
+    assert process.wait(timeout=30) == 0
+    assert not root.exists(), "the server left its temporary files behind"
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    """One headless Chromium page for every browser check."""
+    playwright_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed: pip install -e .[test]"
+    )
+    if not Path(CHROMIUM).exists():
+        pytest.skip(
+            f"no Chromium at {CHROMIUM}: `make test` installs it (apt-get install chromium)"
+        )
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(
+            accept_downloads=True, viewport={"width": 1280, "height": 900}
+        )
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        page.goto(server[0])
+        yield page
+        browser.close()
+
+
+def unnamed_controls(page) -> list[str]:
+    """Controls in Chromium's accessibility tree that a screen reader could not name."""
+    roles = {"button", "textbox", "spinbutton", "slider", "combobox", "checkbox", "radio",
+             "link", "listbox", "searchbox", "switch", "tab", "menuitem"}  # fmt: skip
+    session = page.context.new_cdp_session(page)
+    nodes = session.send("Accessibility.getFullAXTree")["nodes"]
+    missing = []
+    for node in nodes:
+        role = node.get("role", {}).get("value")
+        name = node.get("name", {}).get("value", "")
+        if role in roles and not node.get("ignored") and not str(name).strip():
+            html = session.send("DOM.getOuterHTML", {"backendNodeId": node["backendDOMNodeId"]})
+            missing.append(f"{role}: {html['outerHTML'][:300]}")
+    return missing
+
+
+def test_protect_in_the_browser(page, server, smooth_picture, tmp_path, capsys):
+    # 1. Two files dropped at once: a picture and a corrupt file.
+    smooth_picture(0, size=(24, 16)).save(tmp_path / "good.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but nothing after")
+    page.locator("#uploads input[type=file]").set_input_files(
+        [tmp_path / "good.png", tmp_path / "broken.png"]
+    )
+    page.locator('#uploads [aria-label="broken.png"]').wait_for()
+
+    # 2. A budget of 1 level and 2 steps of 1 level: only the projection keeps it within ε.
+    page.get_by_text("Advanced").click()
+    page.locator("#eps input").fill("1")
+    page.locator("#steps input").fill("2")
+
+    # 3. The keyboard reaches Protect and Enter starts it.
+    page.locator("#prompt textarea, #prompt input").first.focus()
+    for _ in range(30):
+        if page.evaluate("document.activeElement && document.activeElement.id") == "protect":
+            break
+        page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "protect", "Tab never reached Protect"
+    page.keyboard.press("Enter")
+
+    # 4. The good file is protected, the bad one named.
+    status = page.locator("#status")
+    status.get_by_text("Protected 1 of 2 images").wait_for(timeout=120_000)
+    assert "broken.png" in status.inner_text() and "Could not protect" in status.inner_text()
+
+    # 5. The download, checked again on the bytes the browser saved.
+    with page.expect_download() as download:
+        page.locator('#downloads a[download="good.png"]').click()
+    saved = tmp_path / "downloaded.png"
+    download.value.save_as(saved)
+    assert np.abs(levels(saved) - levels(tmp_path / "good.png")).max() <= 1
+    zip_link = page.locator(f'#downloads a[download="{jobs.ZIP_NAME}"]')
+    archive = tmp_path / "downloaded.zip"
+    archive.write_bytes(page.request.get(zip_link.get_attribute("href")).body())
+    with zipfile.ZipFile(archive) as opened:
+        names = opened.namelist()
+    assert "good.png" in names and any(name.endswith(".json") for name in names)
+
+    # 6. Before/after, the amplified change and what a mimic gets.
+    assert page.locator("#pair img").count() == 2
+    page.locator("#perturbation img").first.wait_for()
+    page.locator("#mimic").click()
+    page.locator("#mimic-original img").first.wait_for(timeout=120_000)
+    page.locator("#mimic-protected img").first.wait_for()
+
+    # 7. Every control has a name a screen reader can say.
+    assert unnamed_controls(page) == []
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = ARTIFACTS / "web-page.png"
+    page.screenshot(path=screenshot, full_page=True)
+    with capsys.disabled():
+        print(f"\nscreenshot of the page: {screenshot}")
+
+
+def test_too_many_files_are_refused_in_the_page(page, server, smooth_picture, tmp_path):
+    names = [f"picture-{index}.png" for index in range(4)]  # the server takes 3
+    for index, name in enumerate(names):
+        smooth_picture(index).save(tmp_path / name)
+    page.reload()
+    page.locator("#uploads input[type=file]").set_input_files([tmp_path / n for n in names])
+    page.locator(f'#uploads [aria-label="{names[-1]}"]').wait_for()
+    page.locator("#protect").click()
+    page.locator("#status").get_by_text("4 files were given").wait_for()
+    assert page.locator("#downloads a").count() == 0
