@@ -55,6 +55,7 @@ BAND = 2  # pixels on either side of a seam line counted as "at the seam"
 
 
 def main() -> None:
+    """Parse the options, run every size and way, print the table and write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="mini")
     parser.add_argument("--sizes", default="128,192", help="square sizes in pixels, e.g. 128,192")
@@ -205,8 +206,10 @@ def seam_ratio(delta: torch.Tensor, lines: tuple[set[int], set[int]]) -> float:
 
 
 def gradient_energy(delta: torch.Tensor) -> torch.Tensor:
-    """(H, W): squared forward differences of δ (each pixel to its right and lower neighbour),
-    summed over channels, averaged over the batch."""
+    """Squared forward differences of δ: (H, W), summed over channels, averaged over the batch.
+
+    Each pixel is compared with its right and lower neighbour.
+    """
     dx = F.pad((delta[..., :, 1:] - delta[..., :, :-1]).pow(2), (0, 1, 0, 0))
     dy = F.pad((delta[..., 1:, :] - delta[..., :-1, :]).pow(2), (0, 0, 0, 1))
     return (dx + dy).sum(1).mean(0)

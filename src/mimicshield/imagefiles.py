@@ -1,5 +1,6 @@
-"""Reading and writing images without losing what the user had: frames, bit depth, alpha,
-metadata (EXIF, ICC, XMP, PNG text, DPI), and the originals themselves.
+"""Reading and writing images without losing what the user had, the originals included.
+
+What is kept: frames, bit depth, alpha, metadata (EXIF, ICC, XMP, PNG text, DPI).
 
 Pixels leave this module as float (F, 3, H, W) in [0, 1] (F frames or pages; F = 1 for a still
 image), displayed orientation (EXIF applied), sRGB where the file says how to get there. Writing
@@ -154,6 +155,7 @@ class LoadedImage:
 
     @property
     def frame_count(self) -> int:
+        """F: frames of an animation, pages of a TIFF, 1 for a still image."""
         return self.frames.shape[0]
 
     @property

@@ -32,7 +32,8 @@ def working_size(height: int, width: int, short_side: int) -> tuple[int, int]:
     """(height, width) scaled so the shorter side is ``short_side``, aspect kept, never enlarged.
 
     Args:
-        height, width: native size in pixels.
+        height: native height in pixels.
+        width: native width in pixels.
         short_side: pixels of the shorter side at the working resolution (≥ 1).
 
     Returns:

@@ -87,7 +87,8 @@ def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[Box]:
     ``overlap`` pixels and the last row and column of tiles are flush with the border.
 
     Args:
-        height, width: image size in pixels.
+        height: image height in pixels.
+        width: image width in pixels.
         tile: tile side in pixels; a side shorter than it gets one tile of the side's length.
         overlap: pixels shared by neighbouring tiles, 0 ≤ overlap < tile.
 

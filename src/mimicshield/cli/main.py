@@ -19,6 +19,7 @@ SUBCOMMANDS = ("protect", "mimic", "evaluate", "demo", "bench", "serve", "env")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``mimicshield`` parser with every subcommand registered."""
     parser = argparse.ArgumentParser(
         prog="mimicshield",
         description="Protect images against diffusion-based mimicry (SDEdit, inpainting, "

@@ -31,6 +31,7 @@ from .options import EXIT_FAILED, EXIT_OK, CommandError, add_model_options, load
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``mimic`` subcommand and its options to the ``mimicshield`` parser."""
     parser = subparsers.add_parser(
         "mimic",
         help="simulate mimicry (SDEdit, inpainting, textual inversion) on images",

@@ -44,6 +44,7 @@ from .options import (
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``protect`` subcommand and its options to the ``mimicshield`` parser."""
     parser = subparsers.add_parser(
         "protect",
         help="add a bounded protective perturbation to images",
@@ -177,6 +178,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Protect the inputs with ``protect_files`` and print what happened; the exit code."""
     # 1. Everything that can be checked without a model.
     inputs = collect_inputs(args.inputs)
     image_format = None if args.format == "auto" else args.format

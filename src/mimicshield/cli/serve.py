@@ -16,6 +16,7 @@ INSTALL_HINT = (
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``serve`` subcommand and its options to the ``mimicshield`` parser."""
     parser = subparsers.add_parser(
         "serve",
         help="start a local web page for protecting images (needs mimicshield[web])",
@@ -52,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Start the local web page and serve until interrupted; the exit code."""
     if importlib.util.find_spec("gradio") is None:
         raise CommandError(INSTALL_HINT)
     if args.max_upload_mb <= 0:

@@ -187,7 +187,7 @@ class Evaluation:
     def _mimic(
         self, scenario: Scenario, images: list[torch.Tensor], cell: tuple[str, ...]
     ) -> dict[str, list[torch.Tensor]]:
-        """variant → one output per image (per-image scenarios) or the generated set.
+        """Variant → one output per image (per-image scenarios) or the generated set.
 
         Outputs are cached as ``mimicry/<cell...>/<variant>/<name>.png``; variant names are unique
         across scenarios, so the scenario is not part of the path.

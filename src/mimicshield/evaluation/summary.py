@@ -65,7 +65,7 @@ def visibility_columns(rows: Rows) -> list[str]:
 
 
 def visibility_means(rows: Rows) -> dict[str, Means]:
-    """method → column → mean over the method's images of protected vs clean.
+    """Method → column → mean over the method's images of protected vs clean.
 
     The columns are ``visibility_columns(rows)``; methods come in the order of their first row.
     """
@@ -136,7 +136,7 @@ def worst_case(rows: Rows) -> list[dict[str, object]]:
 
 
 def sdedit_series(rows: Rows) -> dict[str, dict[str, list[tuple[float, float]]]]:
-    """metric → method → (SDEdit strength, cell mean) points, unpurified cells only.
+    """Metric → method → (SDEdit strength, cell mean) points, unpurified cells only.
 
     Only ``sdedit@<strength>`` variants count (the one-step variants are another curve). Points
     are sorted by strength and methods by name; a metric or method without any value is absent.

@@ -159,10 +159,12 @@ class LatentDiffusion:
 
     @property
     def device(self) -> torch.device:
+        """Where the networks live (the UNet's device)."""
         return self.unet.device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The networks' precision (the UNet's dtype)."""
         return self.unet.dtype
 
     @property
@@ -172,14 +174,17 @@ class LatentDiffusion:
 
     @property
     def latent_channels(self) -> int:
+        """Channels of a latent (4 for Stable Diffusion 1.x/2.x)."""
         return self.vae.config.latent_channels
 
     @property
     def num_train_timesteps(self) -> int:
+        """T: diffusion timesteps of the training schedule (1000)."""
         return self.scheduler.config.num_train_timesteps
 
     @property
     def prediction_type(self) -> str:
+        """What the UNet predicts: "epsilon" or "v_prediction"."""
         return self.scheduler.config.prediction_type
 
     @property

@@ -323,8 +323,9 @@ def codec_figures(
 
     Args:
         model: its encoder measures the latent shift ‖E(x') − E(x)‖∞ (scaled latent units).
-        original, lossless, saved: (1, 3, H, W) in [0, 1]: the input, the protected pixels
-            before JPEG, and the JPEG file as decoded.
+        original: (1, 3, H, W) in [0, 1], the input.
+        lossless: the protected pixels before JPEG, same shape and range.
+        saved: the JPEG file as decoded, same shape and range.
         quality: the JPEG quality the file was written with.
 
     Returns:

@@ -74,10 +74,12 @@ class RunSummary:
 
     @property
     def failed(self) -> list[FileResult]:
+        """The results of files that were not protected (each names its file and why)."""
         return [result for result in self.results if not result.ok]
 
     @property
     def reused(self) -> list[FileResult]:
+        """The results an earlier run with the same settings had already produced."""
         return [result for result in self.results if result.reused]
 
 

@@ -416,8 +416,11 @@ def _method(name: str, budget: Budget, prompt: str):
 
 
 def _method_label(name: str) -> str:
-    """ "sds- — SDS−, the recommended method": the name and the start of its module's docstring
-    (up to the colon), where each method names itself before stating its rule."""
+    """The method's name and the start of its module's docstring, up to the colon.
+
+    Each method's module names the method before stating its rule, e.g. "sds- — SDS−, the
+    recommended method".
+    """
     summary = (inspect.getmodule(METHODS[name]).__doc__ or "").strip()
     return f"{name} — {summary.split(':')[0]}" if summary else name
 

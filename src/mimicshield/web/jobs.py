@@ -43,6 +43,7 @@ class UploadLimits:
 
     @property
     def max_file_bytes(self) -> int:
+        """The per-file upload cap in bytes."""
         return int(self.max_file_mb * 2**20)
 
 
@@ -103,6 +104,7 @@ class Cancellations:
         self._lock = threading.Lock()
 
     def begin(self, session: str) -> None:
+        """Give the session's new job a fresh, unset flag."""
         with self._lock:
             self._flags[session] = threading.Event()
 
@@ -112,9 +114,11 @@ class Cancellations:
             return self._flags.setdefault(session, threading.Event())
 
     def cancel(self, session: str) -> None:
+        """Ask the session's current job to stop at its next PGD step."""
         self.flag(session).set()
 
     def forget(self, session: str) -> None:
+        """Drop the session's flag (the page was closed)."""
         with self._lock:
             self._flags.pop(session, None)
 
@@ -135,6 +139,7 @@ class JobOutcome:
 
     @property
     def protected(self) -> list[FileResult]:
+        """The results of the files that were protected."""
         return [result for result in self.summary.results if result.ok]
 
 

@@ -21,8 +21,11 @@ def to_display(pixels: torch.Tensor) -> np.ndarray:
 
 
 def load_pair(original: Path, protected: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """The original as protection saw it (orientation applied, RGB) and the protected file as a
-    viewer decodes it; both (3, H, W) in [0, 1]."""
+    """The original as protection saw it and the protected file as a viewer decodes it.
+
+    Returns:
+        Both (3, H, W) in [0, 1]: the original with its orientation applied, in RGB.
+    """
     return read_image(original).pixels, read_back(protected)
 
 
