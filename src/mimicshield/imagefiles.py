@@ -652,15 +652,11 @@ def _write_colour_tiff16(
 ) -> None:
     """16-bit colour TIFF pages through tifffile, the one writer of 16-bit RGB at hand.
 
-    Pillow has no 16-bit colour mode. tifffile (pure Python over numpy) comes with
-    scikit-image; it is imported here so that 8-bit users never need it.
+    Pillow has no 16-bit colour mode; tifffile (a dependency, pure Python over numpy) is
+    imported here, when needed, so that reading and writing 8-bit files never pays for it.
     """
-    try:
-        import tifffile
-    except ImportError:
-        raise ImageFileError(
-            f"{path}: writing 16-bit colour needs the tifffile package (pip install tifffile)"
-        ) from None
+    import tifffile
+
     samples = levels if alpha is None else torch.cat([levels, alpha.unsqueeze(1)], dim=1)
     pages = samples.permute(0, 2, 3, 1).numpy().astype(np.uint16)
     extratags = []
