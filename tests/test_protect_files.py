@@ -302,3 +302,14 @@ def test_the_fingerprint_covers_format_quality_and_stripping(model, tmp_path):
     assert fingerprint(image_format="jpeg") != fingerprint(image_format="jpeg", quality=50)
     with pytest.raises(ValueError, match="JPEG quality must lie in 1–100, got 0"):
         dataclasses.replace(job, quality=0)  # refused before any file is protected
+
+
+def test_a_file_the_networks_cannot_take_fails_alone(inputs, model, tmp_path):
+    """A 1×1 picture is a 1×1 latent: the tiny UNet's group norm refuses it (a real failure)."""
+    speck = inputs[0].parent / "speck.png"
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(speck)
+    summary = protect_files([speck, *inputs], tmp_path / "out", _method(), model)
+    errors = {Path(result.input).name: result.error for result in summary.failed}
+    assert set(errors) == {"speck.png", "broken.png"}
+    assert errors["speck.png"].startswith(f"{speck}: could not be protected (")
+    assert len(summary.results) - len(summary.failed) == 4

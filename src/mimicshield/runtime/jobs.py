@@ -10,6 +10,7 @@ Originals are never written to; outputs appear atomically (see ``imagefiles.writ
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,8 @@ from ..protect import protect
 from ..purify import jpeg
 from .files import plan_outputs
 from .large_images import LargeImages, WorkingResolution
+
+logger = logging.getLogger(__name__)
 
 #: Slack on the on-disk budget check, for float round-off only (far below one 8-bit level).
 _LINF_SLACK_255 = 1e-4
@@ -131,6 +134,7 @@ class _File:
     result: FileResult
     protected: list[torch.Tensor | None] = field(default_factory=list)
     seconds: float = 0.0
+    failed: bool = False  # a batch with one of its frames could not be protected
 
     @property
     def complete(self) -> bool:
@@ -177,9 +181,16 @@ def run_job(
             on_file(result)
 
     for batch in _batches(inputs, job, results, finish):
+        batch = [frame for frame in batch if not frame.file.failed]
+        if not batch:
+            continue
         started = time.perf_counter()
         images = torch.stack([frame.pixels for frame in batch])
-        protected = protect_frames(images, job, model, on_step)
+        try:
+            protected = protect_frames(images, job, model, on_step)
+        except (RuntimeError, ValueError) as error:  # out of memory, a size the networks refuse
+            _fail_files(batch, error, finish)
+            continue
         seconds = (time.perf_counter() - started) / len(batch)
         for frame, pixels in zip(batch, protected, strict=True):
             file = frame.file
@@ -190,6 +201,19 @@ def run_job(
                 _save_and_verify(file, outputs[file.image.path], job, model)
                 finish(file.result)
     return [results[path] for path in inputs]
+
+
+def _fail_files(
+    batch: list[_Frame], error: Exception, finish: Callable[[FileResult], None]
+) -> None:
+    """Every file with a frame in ``batch`` fails by name; the run goes on with the others."""
+    logger.debug("protecting a batch failed", exc_info=error)
+    for frame in batch:
+        file = frame.file
+        if not file.failed:  # each file once, in order
+            file.failed = True
+            file.result.error = f"{file.image.path}: could not be protected ({error})"
+            finish(file.result)
 
 
 def protect_frames(
