@@ -41,7 +41,13 @@ def write_report(
     # 1. The plots, which the page links to.
     plots = write_sdedit_plots(folder, summary.sdedit_series(rows))
     # 2. The page: the aggregates as tables, then the plots, images and settings.
-    purified = any(row["purifier"] != "none" for row in rows if row["scenario"] != "visibility")
+    purified = list(
+        dict.fromkeys(
+            row["purifier"]
+            for row in rows
+            if row["scenario"] != "visibility" and row["purifier"] != "none"
+        )
+    )
     page = (
         _environment()
         .get_template(TEMPLATE)
@@ -56,12 +62,15 @@ def write_report(
             pivots={
                 baseline: {
                     victim: {
-                        metric: summary.pivot(rows, metric, victim, baseline) for metric in metrics
+                        metric: summary.pivot(rows, metric, victim, baseline, purifiers)
+                        for metric in metrics
                     }
                     for victim in victims
                 }
-                for baseline in (summary.PRIMARY, "clean")
-                if baseline == summary.PRIMARY or purified
+                # Without a purifier the two baselines are the same: the second shows only the
+                # purified columns.
+                for baseline, purifiers in ((summary.PRIMARY, None), ("clean", purified))
+                if purifiers != []
             },
             like_noise=summary.like_noise_sentences(rows),
             set_notes=summary.set_notes(rows),

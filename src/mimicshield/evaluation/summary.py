@@ -192,11 +192,20 @@ def noise_differences(rows: Rows, baseline: str = PRIMARY) -> dict[tuple, dict[s
     return differences
 
 
-def pivot(rows: Rows, metric: str, victim: str, baseline: str = PRIMARY) -> dict[str, object]:
+def pivot(
+    rows: Rows,
+    metric: str,
+    victim: str,
+    baseline: str = PRIMARY,
+    purifiers: list[str] | None = None,
+) -> dict[str, object]:
     """One metric as a table: methods as rows, (variant, purifier) as columns, for one victim.
 
+    ``purifiers`` limits the columns to those purifiers (default: all).
+
     Returns:
-        ``columns``: [(variant, purifier)], in order of first row; ``rows``: per method
+        ``columns``: [(variant, purifier)], grouped by purifier; ``groups``: [(purifier, number
+        of its columns)], for a header that spans them; ``rows``: per method
         (noise last) ``method`` and ``cells``, one per column, each ``None`` or a dict with
         ``estimate`` (Estimate or None), ``note``, ``ratio`` (mean / the noise control's mean, or
         None) and ``difference`` (paired difference with noise, or None) and ``like_noise``
@@ -204,8 +213,14 @@ def pivot(rows: Rows, metric: str, victim: str, baseline: str = PRIMARY) -> dict
     """
     cells = cell_estimates(rows, baseline)
     differences = noise_differences(rows, baseline)
-    mine = [key for key in cells if key[3] == victim]
-    columns = list(dict.fromkeys((key[2], key[1]) for key in mine))
+    mine = [key for key in cells if key[3] == victim and key[1] in (purifiers or [key[1]])]
+    # Grouped by purifier (in order of first row), then variants in order of first row.
+    purifier_order = _in_order(key[1] for key in mine)
+    variant_order = _in_order(key[2] for key in mine)
+    columns = sorted(
+        dict.fromkeys((key[2], key[1]) for key in mine),
+        key=lambda column: (purifier_order.index(column[1]), variant_order.index(column[0])),
+    )
     table = []
     for method in methods([{"method": key[0]} for key in mine]):
         line = []
@@ -226,7 +241,10 @@ def pivot(rows: Rows, metric: str, victim: str, baseline: str = PRIMARY) -> dict
                 }
             )
         table.append({"method": method, "cells": line})
-    return {"columns": columns, "rows": table}
+    groups = [
+        (p, sum(1 for c in columns if c[1] == p)) for p in dict.fromkeys(c[1] for c in columns)
+    ]
+    return {"columns": columns, "groups": groups, "rows": table}
 
 
 def _ratio(estimate: Estimate | None, control: Estimate | None) -> float | None:
