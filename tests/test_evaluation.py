@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -480,3 +482,35 @@ def test_two_processes_share_the_images_and_the_main_one_merges(folder, tmp_path
     assert all(values[key(r)] == r.get("psnr") for r in merged.rows)
     for path in (tmp_path / "single").rglob("*.png"):  # sharding changes no output byte
         assert (out / path.relative_to(tmp_path / "single")).read_bytes() == path.read_bytes()
+
+
+def test_evaluate_under_accelerate_launch_with_two_processes(folder, tmp_path, tiny_model_dir):
+    """A real 2-process `accelerate launch` on CPU gives the rows one process gives."""
+    _picture(folder / "c.png", 2)
+    options = [
+        "--model", str(tiny_model_dir), "--device", "cpu", "--methods", "noise", "--steps", "1",
+        "--strengths", "0.3", "--num-inference-steps", "2", "--no-one-step", "--metrics", "psnr",
+    ]  # fmt: skip
+    assert main(["evaluate", str(folder), "-o", str(tmp_path / "single"), *options]) == 0
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launch = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(port), "-m", "mimicshield",
+    ]  # fmt: skip
+    double = tmp_path / "double"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(
+        [*launch, "evaluate", str(folder), "-o", str(double), *options],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert (double / "report.html").is_file() and not list(double.glob("results.part-*"))
+
+    def values(out):
+        rows = json.loads((out / "results.json").read_text())["rows"]
+        return sorted((tuple(r[c] for c in KEY_COLUMNS), r.get("psnr")) for r in rows)
+
+    assert values(double) == values(tmp_path / "single")
