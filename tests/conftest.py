@@ -16,10 +16,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # no test may reach a model hub
 import numpy as np
 import pytest
 import torch
+from diffusers import UNet2DConditionModel
 from PIL import Image
 
 from mimicshield import LatentDiffusion
 from mimicshield.cli.main import main
+from mimicshield.models import random_weights
 
 torch.set_num_threads(1)  # 2-core machines: one thread per process is fastest and steadiest
 
@@ -42,6 +44,25 @@ def tiny_v_model_dir(tiny_model_dir, tmp_path_factory):
     config["prediction_type"] = "v_prediction"
     config_path.write_text(json.dumps(config))
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_inpaint_model_dir(tmp_path_factory):
+    """A tiny SD *inpainting* folder: the tiny config with a 9-channel UNet, as save_pretrained
+    writes it (latents 4 + mask 1 + masked-image latents 4, like stable-diffusion-inpainting)."""
+    folder = tmp_path_factory.mktemp("tiny-sd-inpaint")
+    model = LatentDiffusion.random("tiny", seed=1)
+    config = random_weights.TINY["unet"] | {"in_channels": 9}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        model.unet = UNet2DConditionModel(**config)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_inpaint_model(tiny_inpaint_model_dir):
+    return LatentDiffusion.from_pretrained(tiny_inpaint_model_dir, device="cpu", dtype="fp32")
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 from safetensors.torch import load_file
 
-from mimicshield import LatentDiffusion
+from mimicshield import METHODS, Budget, LatentDiffusion, protect
 from mimicshield.mimicry import (
     MASKS,
     TextualInversionConfig,
@@ -435,3 +435,80 @@ def test_generate_crops_odd_sizes_and_saved_embedding_reads_back(tiny_model, tmp
     )
     with pytest.raises(ValueError, match="must contain"):
         generate(tiny_model, token, prompt="no slot")
+
+
+# --------------------------------------------------------------------------- inpainting checkpoints
+
+
+def test_an_inpainting_checkpoint_serves_protection_sdedit_and_textual_inversion(
+    tiny_inpaint_model, images, seeded
+):
+    """A 9-channel UNet loaded through the real loader: the UNet always gets 9 channels (the
+    "repaint everything" condition) and every scenario runs."""
+    model = tiny_inpaint_model
+    channels = []
+    handle = model.unet.register_forward_pre_hook(lambda m, args: channels.append(args[0].shape[1]))
+    try:
+        for name in ("sds-", "advdm"):
+            method = METHODS[name](budget=Budget.from_255(8, 2, 2), prompt="a photo")
+            protected = protect(images, method, model, generator=seeded())
+            assert protected.shape == images.shape
+        edited = sdedit(model, images, prompt="a", strength=0.5, num_inference_steps=2)
+        single = one_step_reconstruction(model, images, prompt="a", strength=0.3)
+        generated, _ = textual_inversion(
+            model, images, config=TextualInversionConfig(steps=1), num_images=1,
+            num_inference_steps=1, generator=seeded(),
+        )  # fmt: skip
+    finally:
+        handle.remove()
+    assert edited.shape == single.shape == images.shape and generated.shape[0] == 1
+    assert channels and set(channels) == {9}
+    mask, latents = model.repaint_everything(torch.zeros(2, 4, 2, 3))
+    assert mask.shape == (2, 1, 2, 3) and bool((mask == 1).all()) and latents.shape == (2, 4, 2, 3)
+
+
+# --------------------------------------------------------------------------- reference conventions
+
+
+def _timesteps_seen(model, run):
+    """(timesteps the latents were noised to, timesteps the UNet was called at) during run()."""
+    noised, called = [], []
+    original = DDIMScheduler.add_noise
+
+    def add_noise(self, samples, noise, timesteps):
+        noised.append(int(timesteps.reshape(-1)[0]))
+        return original(self, samples, noise, timesteps)
+
+    handle = model.unet.register_forward_pre_hook(
+        lambda m, args: called.append(int(args[1].reshape(-1)[0]))
+    )
+    DDIMScheduler.add_noise = add_noise
+    try:
+        run()
+    finally:
+        DDIMScheduler.add_noise = original
+        handle.remove()
+    return noised, called
+
+
+def test_reference_conventions_noise_one_stride_higher_and_take_int_s_t(tiny_model, images):
+    def multi(reference):
+        return lambda: sdedit(
+            tiny_model, images, prompt="a", strength=0.3, num_inference_steps=10,
+            reference_conventions=reference,
+        )  # fmt: skip
+
+    ours, ours_steps = _timesteps_seen(tiny_model, multi(False))
+    reference, reference_steps = _timesteps_seen(tiny_model, multi(True))
+    # 10 DDIM steps over 1000: τ = 1, 101, 201, …; three steps from τ[2] = 201 in both, but the
+    # reference noises to τ[3] = 301.
+    assert ours == [201] and reference == [301]
+    assert ours_steps == reference_steps == [201, 101, 1]
+
+    def single(reference):
+        return lambda: one_step_reconstruction(
+            tiny_model, images, prompt="a", strength=0.3, reference_conventions=reference
+        )
+
+    assert _timesteps_seen(tiny_model, single(False))[1] == [299]
+    assert _timesteps_seen(tiny_model, single(True))[1] == [300]

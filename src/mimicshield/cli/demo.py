@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         title="mimicshield demo (miniature model)",
         notes=notes,
         plan_json=plan_record(plan),
+        surrogate=model.name,
     )
     _print_table(method_summary(store.rows, f"sdedit@{STRENGTH:g}"))
     print(f"report: {report}")

@@ -21,6 +21,7 @@ from ..mimicry import (
 )
 from ..purify import parse_purifier
 from ..runtime.files import collect_inputs
+from ..runtime.processes import Processes
 from .options import (
     EXIT_FAILED,
     EXIT_OK,
@@ -32,9 +33,6 @@ from .options import (
     model_notes,
     number_list,
 )
-
-#: Below this many images per set, Fréchet distances are dominated by estimation noise.
-SMALL_SET = 50
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -82,6 +80,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--no-one-step", action="store_true", help="skip the one-step x̂₀ reconstructions"
     )
+    parser.add_argument(
+        "--reference-conventions",
+        action="store_true",
+        help="SDEdit as the paper's reference code: noise one DDIM step higher, one-step "
+        "timestep int(s·T) (default: diffusers' conventions)",
+    )
     parser.add_argument("--inpaint-mask", default="border", help="border, center or strokes")
     parser.add_argument(
         "--train-steps", type=int, default=500, help="textual inversion training steps"
@@ -94,6 +98,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompt", default="a photo", help="protection and mimicry prompt")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     add_model_options(parser)
+    parser.add_argument(
+        "--victim",
+        action="append",
+        metavar="MODEL",
+        help="the imitator's model(s), which purify and mimic; hub ids, folders, 'mini' or "
+        "'tiny', comma list or repeated; an inpainting checkpoint runs the inpaint scenario with "
+        "its own 9-channel UNet (default: --model, the surrogate that protection attacks)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -114,8 +126,14 @@ def run(args: argparse.Namespace) -> int:
     if not images:
         raise CommandError("none of the inputs could be read", EXIT_USAGE)
 
-    # 2. Model and metrics.
-    model = load_model(args)
+    # 2. Models and metrics; under `accelerate launch` each process takes a share of images.
+    processes = Processes.start(args.device)
+    device = processes.device or args.device
+    model = load_model(args, device=device)
+    victims = [model]
+    if args.victim:
+        names = [name for text in args.victim for name in comma_list(text, "--victim")]
+        victims = [_load_victim(args, name, model, device) for name in names]
     try:
         metrics = load_metrics(
             comma_list(args.metrics, "--metrics"),
@@ -125,20 +143,21 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise CommandError(str(error)) from None
-    notes = model_notes(model)
-    notes += [f"metric '{skip.metric}' skipped: {skip.reason}" for skip in metrics.skipped]
-    if metrics.sets and len(images) < SMALL_SET:
-        notes.append(
-            f"FD over {len(images)} images per set is far too few to mean much (FID is usually "
-            "reported over thousands); read it as a rough indication only."
-        )
-    for note in notes[len(model_notes(model)) :]:  # load_model printed the model's own
+    notes = list(dict.fromkeys(note for victim in victims for note in model_notes(victim)))
+    skipped = [f"metric '{skip.metric}' skipped: {skip.reason}" for skip in metrics.skipped]
+    for note in skipped:  # load_model printed the models' own
         print(f"note: {note}", file=sys.stderr)
 
-    # 3. The grid, written as it goes, then the report.
+    # 3. The grid, written as it goes, then (main process) the report.
     try:
-        evaluation = Evaluation(images, plan, model, args.output, metrics)
-        with tqdm(total=evaluation.units(), unit="cell", desc="evaluate") as bar:
+        evaluation = Evaluation(
+            images, plan, model, args.output, metrics, victims=victims, processes=processes
+        )
+        with tqdm(
+            total=evaluation.units(),
+            unit="step",
+            desc="evaluate" if processes.count == 1 else f"evaluate [{processes.index}]",
+        ) as bar:
             evaluation.progress = lambda description: (
                 bar.set_postfix_str(description),
                 bar.update(1),
@@ -146,11 +165,25 @@ def run(args: argparse.Namespace) -> int:
             store = evaluation.run()
     except ValueError as error:
         raise CommandError(str(error), EXIT_FAILED) from None
+    if not processes.is_main:
+        return EXIT_FAILED if failed else EXIT_OK
     report = write_report(
-        args.output, store, title="mimicshield evaluation", notes=notes, plan_json=plan_record(plan)
+        args.output,
+        store,
+        title="mimicshield evaluation",
+        notes=[*notes, *skipped],
+        plan_json=plan_record(plan, evaluation.victims),
+        surrogate=model.name,
     )
     print(f"{len(store.rows)} result rows in {args.output}/results.csv; report: {report}")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _load_victim(args: argparse.Namespace, name: str, surrogate, device):
+    """The victim ``name``; the surrogate itself when it names the same model (loaded once)."""
+    if name == args.model:
+        return surrogate
+    return load_model(argparse.Namespace(model=name, dtype=args.dtype), device=device)
 
 
 def build_plan(args: argparse.Namespace) -> EvaluationPlan:
@@ -170,6 +203,7 @@ def build_plan(args: argparse.Namespace) -> EvaluationPlan:
             strengths=tuple(number_list(args.strengths, "--strengths")),
             num_inference_steps=args.num_inference_steps,
             one_step=not args.no_one_step,
+            reference_conventions=args.reference_conventions,
         ),
         "inpaint": lambda: InpaintScenario(
             mask=args.inpaint_mask, num_inference_steps=args.num_inference_steps

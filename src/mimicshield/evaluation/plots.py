@@ -20,14 +20,16 @@ def write_sdedit_plots(
             ``summary.sdedit_series`` returns them.
 
     Returns:
-        metric → the plot's path relative to ``folder`` (what the page links to); empty, and no
-        folder made, where ``series`` is.
+        metric → the plot's path relative to ``folder`` (what the page links to), for metrics
+        with at least two strengths; empty, and no folder made, where there are none.
     """
-    if not series:
+    # A curve needs two strengths; a single point per method is already in the tables.
+    curves = {m: lines for m, lines in series.items() if any(len(p) > 1 for p in lines.values())}
+    if not curves:
         return {}
     (folder / "plots").mkdir(exist_ok=True)
     paths = {}
-    for metric, lines in series.items():
+    for metric, lines in curves.items():
         paths[metric] = f"plots/{metric}.png"
         _plot_against_strength(folder / paths[metric], metric, lines)
     return paths

@@ -16,6 +16,7 @@ import jinja2
 from . import summary
 from .plots import write_sdedit_plots
 from .results import ResultsStore
+from .statistics import Estimate
 
 TEMPLATE = "report.html.j2"
 
@@ -28,23 +29,55 @@ def write_report(
     notes: Iterable[str] = (),
     plan_json: str = "",
     max_images: int = 4,
+    surrogate: str = "",
 ) -> Path:
-    """Write ``folder/report.html`` (and ``folder/plots/*.png``) from the stored rows."""
+    """Write ``folder/report.html`` (and ``folder/plots/*.png``) from the stored rows.
+
+    ``surrogate`` names the model protection attacked, for the headings.
+    """
     rows = store.rows
+    victims = summary.victims(rows)
+    metrics = summary.protection_metrics(rows)
     # 1. The plots, which the page links to.
     plots = write_sdedit_plots(folder, summary.sdedit_series(rows))
     # 2. The page: the aggregates as tables, then the plots, images and settings.
+    purified = list(
+        dict.fromkeys(
+            row["purifier"]
+            for row in rows
+            if row["scenario"] != "visibility" and row["purifier"] != "none"
+        )
+    )
     page = (
         _environment()
         .get_template(TEMPLATE)
         .render(
             title=title,
             notes=list(notes),
+            surrogate=surrogate,
             visibility_columns=summary.visibility_columns(rows),
-            visibility=summary.visibility_means(rows),
-            metrics=summary.protection_metrics(rows),
-            cells=summary.cell_means(rows),
-            worst_case=summary.worst_case(rows),
+            visibility=summary.visibility_estimates(rows),
+            metrics=metrics,
+            victims=victims,
+            pivots={
+                baseline: {
+                    victim: {
+                        metric: summary.pivot(rows, metric, victim, baseline, purifiers)
+                        for metric in metrics
+                    }
+                    for victim in victims
+                }
+                # Without a purifier the two baselines are the same: the second shows only the
+                # purified columns.
+                for baseline, purifiers in ((summary.PRIMARY, None), ("clean", purified))
+                if purifiers != []
+            },
+            like_noise=summary.like_noise_sentences(rows),
+            set_notes=summary.set_notes(rows),
+            worst_case=summary.worst_case(rows) if purified else [],
+            transfer={m: summary.transfer_matrix(rows, m) for m in metrics}
+            if len(victims) > 1
+            else {},
             plots=plots,
             images=_image_grid(folder, rows, max_images),
             plan_json=plan_json,
@@ -66,6 +99,7 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     environment.filters["number"] = _format_number
+    environment.filters["interval"] = _format_interval
     return environment
 
 
@@ -74,18 +108,27 @@ def _format_number(value: float | None) -> str:
     return "–" if value is None else f"{value:.4g}"
 
 
+def _format_interval(estimate: Estimate | None) -> str:
+    """``[low, high]`` of a bootstrap estimate, three significant digits; empty for a point."""
+    if estimate is None or estimate.low == estimate.high:
+        return ""
+    return f"[{estimate.low:.3g}, {estimate.high:.3g}]"
+
+
 def _image_grid(folder: Path, rows: list[dict], max_images: int) -> list[dict[str, object]]:
     """The thumbnails to show for the first ``max_images`` images.
 
     Returns:
-        Per image: ``name``, ``variants`` (the per-image mimicry variants, unpurified) and
+        Per image: ``name``, ``variants`` (the per-image mimicry variants, unpurified, of the
+        first victim) and
         ``lines``, one per method with ``method`` and ``thumbs``: clean | protected | mimicry of
         clean per variant | mimicry of protected per variant, each a path relative to ``folder``,
         or ``None`` where that file does not exist (the page never points at a missing file).
     """
     visible = [row for row in rows if row["scenario"] == "visibility"]
-    methods = list(dict.fromkeys(row["method"] for row in visible))
+    methods = summary.methods(visible)
     images = list(dict.fromkeys(row["image"] for row in visible))
+    victim = next(iter(summary.victims(rows)), "")
     # Textual inversion generates new images rather than one per input: not part of this grid.
     variants = list(
         dict.fromkeys(
@@ -97,10 +140,12 @@ def _image_grid(folder: Path, rows: list[dict], max_images: int) -> list[dict[st
     )
     grid = []
     for image in images[:max_images]:
-        clean = [f"mimicry/clean/{variant}/{image}.png" for variant in variants]
+        clean = [f"mimicry/{victim}/clean/none/{variant}/{image}.png" for variant in variants]
         lines = []
         for method in methods:
-            protected = [f"mimicry/{method}/none/{variant}/{image}.png" for variant in variants]
+            protected = [
+                f"mimicry/{victim}/{method}/none/{variant}/{image}.png" for variant in variants
+            ]
             paths = [f"clean/{image}.png", f"protected/{method}/{image}.png", *clean, *protected]
             thumbs = [path if (folder / path).is_file() else None for path in paths]
             lines.append({"method": method, "thumbs": thumbs})

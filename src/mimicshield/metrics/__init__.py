@@ -10,6 +10,7 @@ from __future__ import annotations
 from .clip import DEFAULT_CLIP_MODEL, ClipImageEncoder, clip_similarity, load_clip
 from .errors import MetricUnavailableError
 from .fid import (
+    MIN_MEANINGFUL_SET,
     SmallSampleWarning,
     features_of,
     frechet_distance,
@@ -17,7 +18,7 @@ from .fid import (
     gaussian_fit,
     load_inception,
 )
-from .image_quality import psnr, ssim
+from .image_quality import SSIM_MIN_SIZE, psnr, ssim
 from .latent_shift import LatentShift, latent_shift
 from .lpips import LpipsNetwork, load_lpips, lpips_distance
 from .suite import (
@@ -29,6 +30,8 @@ from .suite import (
 )
 
 __all__ = [
+    "MIN_MEANINGFUL_SET",
+    "SSIM_MIN_SIZE",
     "DEFAULT_CLIP_MODEL",
     "PAIR_METRICS",
     "SET_METRICS",

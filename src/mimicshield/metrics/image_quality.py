@@ -15,6 +15,8 @@ from ..tensors import check_pair, gaussian_kernel1d, separable_filter
 _SSIM_SIGMA = 1.5
 _SSIM_RADIUS = 5  # int(3.5 · σ + 0.5): scikit-image's truncation of the Gaussian
 _K1, _K2 = 0.01, 0.03
+#: The smallest height and width SSIM measures: one whole Gaussian window.
+SSIM_MIN_SIZE = 2 * _SSIM_RADIUS + 1
 
 
 def psnr(images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
@@ -50,7 +52,7 @@ def ssim(images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
         True
     """
     check_pair(images, references, channels=None)
-    size = 2 * _SSIM_RADIUS + 1
+    size = SSIM_MIN_SIZE
     if min(images.shape[-2:]) < size:
         raise ValueError(
             f"SSIM needs images of at least {size}×{size}, got {tuple(images.shape[-2:])}"

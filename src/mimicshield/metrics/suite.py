@@ -11,6 +11,7 @@ Two registries, by what a metric compares:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -108,11 +109,24 @@ class LoadedMetrics:
         pair: name → pair metric, in the order asked for.
         sets: name → set metric, in the order asked for.
         skipped: what was asked for but is unavailable, with the reason.
+        settings: every metric asked for → what its values depend on besides the images (the
+            network and its weights), so that stored values are recomputed when it changes.
     """
 
     pair: Mapping[str, PairMetric]
     sets: Mapping[str, SetMetric]
     skipped: tuple[SkippedMetric, ...]
+    settings: Mapping[str, str] = field(default_factory=dict)
+
+    def only(self, names: Iterable[str]) -> LoadedMetrics:
+        """The same metrics restricted to ``names`` (those not loaded are left out)."""
+        wanted = set(names)
+        return LoadedMetrics(
+            pair={name: metric for name, metric in self.pair.items() if name in wanted},
+            sets={name: metric for name, metric in self.sets.items() if name in wanted},
+            skipped=tuple(skip for skip in self.skipped if skip.metric in wanted),
+            settings={name: value for name, value in self.settings.items() if name in wanted},
+        )
 
     def measure_pairs(
         self, images: torch.Tensor, references: torch.Tensor
@@ -172,4 +186,21 @@ def load_metrics(
             loaded[name] = registry[name](networks)
         except MetricUnavailableError as error:
             skipped.append(SkippedMetric(name, str(error)))
-    return LoadedMetrics(pair=pair, sets=sets, skipped=tuple(skipped))
+    return LoadedMetrics(
+        pair=pair,
+        sets=sets,
+        skipped=tuple(skipped),
+        settings={name: _setting(name, networks) for name in dict.fromkeys(wanted)},
+    )
+
+
+def _setting(name: str, networks: _Networks) -> str:
+    """What a metric's values depend on besides the images (see ``LoadedMetrics.settings``)."""
+    if name == "lpips":
+        return f"lpips net={networks.lpips_net}"
+    if name in ("clip", "fd_clip"):
+        return f"clip model={networks.clip_model}"
+    if name == "latent_shift":
+        described = networks.model.describe() if networks.model is not None else None
+        return f"latent_shift model={json.dumps(described, sort_keys=True)}"
+    return name

@@ -25,13 +25,10 @@ from ._common import build_pipeline, to_caller
 
 logger = logging.getLogger(__name__)
 
-#: UNet input channels of an SD inpainting model: latent 4 + mask 1 + masked-image latent 4.
-INPAINTING_UNET_CHANNELS = 9
-
 
 def is_inpainting_model(model: LatentDiffusion) -> bool:
     """True for an SD inpainting model (9-channel UNet); False for a base one (latent blending)."""
-    return model.unet.config.in_channels == INPAINTING_UNET_CHANNELS
+    return model.is_inpainting
 
 
 def inpaint(

@@ -34,6 +34,8 @@ class SDEditScenario:
     guidance_scale: float = 1.0  # the reference evaluates without guidance
     one_step: bool = True
     multi_step: bool = True
+    #: the paper's reference code's start timesteps (see ``sdedit``'s module docstring)
+    reference_conventions: bool = False
 
     def __post_init__(self) -> None:
         if not self.strengths:
@@ -71,6 +73,7 @@ class SDEditScenario:
                     num_inference_steps=self.num_inference_steps,
                     guidance_scale=self.guidance_scale,
                     generator=torch.Generator().manual_seed(seed),
+                    reference_conventions=self.reference_conventions,
                 )
             if self.one_step:
                 outputs[f"onestep@{strength:g}"] = one_step_reconstruction(
@@ -79,6 +82,7 @@ class SDEditScenario:
                     prompt=prompt,
                     strength=strength,
                     generator=torch.Generator().manual_seed(seed),
+                    reference_conventions=self.reference_conventions,
                 )
         return outputs
 

@@ -7,6 +7,26 @@ uses N = 100, s ∈ {0.01, 0.05, 0.1, 0.2, 0.3, 0.5}, the protection prompt and 
 
 ``one_step_reconstruction`` is the single-shot variant: noise to t = s·T and decode the UNet's
 x̂₀ estimate directly, which shows what the denoiser "sees" in the encoder's latent.
+
+Where our conventions differ from the paper's reference code (Diff-Protect ``attacks.py::SDEdit``;
+``reviews/reference-spec.md`` §2.1), with N = 100 DDIM steps over T = 1000, DDIM timesteps
+τ = 1, 11, …, 991 and k = ⌊s·N⌋ steps:
+
+- Multi-step start. We follow diffusers: the latent is noised to τ[k−1] (t = 1, 41, 91, 191, 291
+  for s = 0.01 … 0.3) and denoised over τ[k−1], …, τ[0]. The reference noises one DDIM stride
+  higher, to τ[k] (t = 11, 51, 101, 201, 301), and then runs the same k steps from τ[k−1] (its
+  first step treats the latent as less noisy than it is). At s = 0.01 ours adds noise of σ = 0.041
+  where the reference adds σ = 0.102: our weakest mimicry is weaker, so protection looks stronger
+  there. The reference also takes k = int(s·N) without our 1e-6 round-off tolerance.
+- One-step timestep. Ours is t = round(s·T) − 1 (9, 49, 99, 199, 299, counting s·T from 1, the
+  timestep diffusion purification also starts from); the reference's is int(s·T) (10, 50, 100,
+  200, 300).
+
+``reference_conventions=True`` reproduces both of the reference's choices exactly.
+
+An inpainting model (9-channel UNet) is run as diffusers' inpainting pipeline with a mask that
+covers the whole image: the same noising and DDIM steps, with the UNet given the "repaint
+everything" condition (``LatentDiffusion.repaint_everything``), since it has no img2img mode.
 """
 
 from __future__ import annotations
@@ -15,7 +35,7 @@ import logging
 import math
 
 import torch
-from diffusers import StableDiffusionImg2ImgPipeline
+from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
 
 from ..models import LatentDiffusion
 from ..tensors import (
@@ -66,6 +86,7 @@ def sdedit(
     num_inference_steps: int = 100,
     guidance_scale: float = 1.0,
     generator: torch.Generator | None = None,
+    reference_conventions: bool = False,
 ) -> torch.Tensor:
     """Multi-step DDIM SDEdit of ``images`` with diffusers' img2img pipeline.
 
@@ -78,6 +99,8 @@ def sdedit(
         num_inference_steps: DDIM steps of the full schedule (100 in the protocol).
         guidance_scale: classifier-free guidance; 1 (the protocol's) means none.
         generator: the only randomness (posterior sample and noise); same seed → same output.
+        reference_conventions: noise one DDIM stride higher and take k = int(s·N), as the
+            reference code does (see the module docstring).
 
     Returns:
         (B, 3, H, W) in [0, 1], on the device and in the dtype of ``images``.
@@ -102,23 +125,34 @@ def sdedit(
     check_images(images)
     check_guidance(guidance_scale)
     steps = denoising_steps(strength, num_inference_steps)
+    if reference_conventions:
+        steps = max(1, int(strength * num_inference_steps))
     # diffusers recomputes ⌊s·N⌋; handing it the middle of the step's interval yields `steps`
     # exactly, whatever the float round-off.
     pipeline_strength = min(1.0, (steps + 0.5) / num_inference_steps)
 
-    # 2. Run the img2img pipeline on the same parts, padded to the VAE's multiple.
-    padded = pad_to_multiple(images.detach().float(), model.vae_scale_factor)
-    pipeline = build_pipeline(StableDiffusionImg2ImgPipeline, model)
+    # 2. Run the pipeline on the same parts, padded to the VAE's multiple.
+    padded = pad_to_multiple(images.detach().float(), model.vae_scale_factor).to(model.device)
+    scheduler_class = _ReferenceStartDDIM if reference_conventions else DDIMScheduler
+    scheduler = scheduler_class.from_config(model.scheduler.config)
+    inputs = {
+        "prompt": [prompt] * len(images),
+        "image": padded,
+        "strength": pipeline_strength,
+        "num_inference_steps": num_inference_steps,
+        "guidance_scale": guidance_scale,
+        "generator": generator,
+        "output_type": "pt",
+    }
+    if model.is_inpainting:
+        pipeline_class = StableDiffusionInpaintPipeline
+        whole = torch.ones_like(padded[:, :1])
+        inputs |= {"mask_image": whole, "height": padded.shape[-2], "width": padded.shape[-1]}
+    else:
+        pipeline_class = StableDiffusionImg2ImgPipeline
+    pipeline = build_pipeline(pipeline_class, model, scheduler=scheduler)
     with model.frozen():
-        edited = pipeline(
-            prompt=[prompt] * len(images),
-            image=padded.to(model.device),
-            strength=pipeline_strength,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            generator=generator,
-            output_type="pt",
-        ).images
+        edited = pipeline(**inputs).images
 
     # 3. Crop back; hand back in the caller's dtype and device.
     return to_caller(edited, images)
@@ -131,6 +165,7 @@ def one_step_reconstruction(
     prompt: str,
     strength: float,
     generator: torch.Generator | None = None,
+    reference_conventions: bool = False,
 ) -> torch.Tensor:
     """Noise each latent to t = s·T, predict x̂₀ with one UNet call, decode it.
 
@@ -143,6 +178,7 @@ def one_step_reconstruction(
         prompt: text condition (use the protection prompt).
         strength: in (0, 1]; the timestep is ``model.one_step_timestep(strength)``.
         generator: draws the posterior sample, then the noise; same seed → same output.
+        reference_conventions: take the reference's timestep int(s·T) instead (at most T − 1).
 
     Returns:
         (B, 3, H, W) in [0, 1], on the device and in the dtype of ``images``.
@@ -150,6 +186,8 @@ def one_step_reconstruction(
     # 1. Check the inputs and choose the timestep.
     check_images(images)
     timestep = model.one_step_timestep(strength)
+    if reference_conventions:
+        timestep = min(int(strength * model.num_train_timesteps), model.num_train_timesteps - 1)
     padded = pad_to_multiple(images.detach().float(), model.vae_scale_factor)
     shape = model.latent_shape(padded)
 
@@ -167,3 +205,15 @@ def one_step_reconstruction(
 
         # 4. Decode; crop back to the caller's size, device and dtype.
         return to_caller(model.decode(estimate), images)
+
+
+class _ReferenceStartDDIM(DDIMScheduler):
+    """DDIM that noises one stride above the first step's timestep, as the reference code does.
+
+    The pipelines call ``add_noise`` once, with the first denoising timestep τ[k−1]; the reference
+    q-samples at τ[k] = τ[k−1] + T/N and then denoises from τ[k−1] all the same.
+    """
+
+    def add_noise(self, original_samples, noise, timesteps):
+        stride = self.config.num_train_timesteps // self.num_inference_steps
+        return super().add_noise(original_samples, noise, timesteps + stride)

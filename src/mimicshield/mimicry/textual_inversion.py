@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
 from safetensors.torch import save_file
 from torch import nn
 
@@ -318,18 +318,27 @@ def generate(
     check_guidance(guidance_scale)
     multiple = max(8, model.vae_scale_factor)
 
+    size = (height + -height % multiple, width + -width % multiple)
+    inputs = {
+        "prompt": [prompt.format(token.placeholder)] * num_images,
+        "height": size[0],
+        "width": size[1],
+        "num_inference_steps": num_inference_steps,
+        "guidance_scale": guidance_scale,
+        "generator": generator,
+        "output_type": "pt",
+    }
+    pipeline_class = StableDiffusionPipeline
+    if model.is_inpainting:
+        # An inpainting model generates from scratch when told to repaint a whole grey image.
+        pipeline_class = StableDiffusionInpaintPipeline
+        grey = torch.full((num_images, 3, *size), 0.5, device=model.device)
+        inputs |= {"image": grey, "mask_image": torch.ones_like(grey[:, :1]), "strength": 1.0}
+
     # 2. Install the token only for the pipeline call, with a pipeline over the same parts.
     with model.frozen(), installed_token(model, token.placeholder, token.embedding) as installed:
-        pipeline = build_pipeline(StableDiffusionPipeline, model, tokenizer=installed.tokenizer)
-        images = pipeline(
-            prompt=[prompt.format(token.placeholder)] * num_images,
-            height=height + -height % multiple,
-            width=width + -width % multiple,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            generator=generator,
-            output_type="pt",
-        ).images
+        pipeline = build_pipeline(pipeline_class, model, tokenizer=installed.tokenizer)
+        images = pipeline(**inputs).images
 
     # 3. Crop to the size asked for.
     return images[..., :height, :width].float().clamp(0, 1)

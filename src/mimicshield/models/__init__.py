@@ -23,6 +23,7 @@ from .devices import (
 )
 from .latent_diffusion import (
     DEFAULT_MODEL,
+    INPAINTING_UNET_CHANNELS,
     MINI_MODEL_DIR,
     RANDOM_MODELS,
     LatentDiffusion,
@@ -32,6 +33,7 @@ from .latent_diffusion import (
 __all__ = [
     "DEFAULT_MODEL",
     "DTYPES",
+    "INPAINTING_UNET_CHANNELS",
     "MINI_MODEL_DIR",
     "RANDOM_MODELS",
     "LatentDiffusion",

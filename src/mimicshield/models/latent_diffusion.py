@@ -35,6 +35,8 @@ DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 MINI_MODEL_DIR = Path(__file__).parent.parent / "weights" / "mini"
 #: Names that build a randomly initialised model from a config instead of loading weights.
 RANDOM_MODELS = {"tiny": random_weights.TINY, "sd15-random": random_weights.SD15}
+#: UNet input channels of an SD inpainting model: latent 4 + mask 1 + masked-image latent 4.
+INPAINTING_UNET_CHANNELS = 9
 
 
 @dataclass
@@ -55,6 +57,7 @@ class LatentDiffusion:
     name: str = "unnamed"
     random_weights: bool = False
     _prompt_cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    _blank_cache: dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False)
 
     # ---------------------------------------------------------------- loading
 
@@ -153,6 +156,7 @@ class LatentDiffusion:
             else:
                 network.to(device=device, dtype=dtype)
         self._prompt_cache.clear()
+        self._blank_cache.clear()
         return self
 
     # ------------------------------------------------------------- properties
@@ -171,6 +175,11 @@ class LatentDiffusion:
     def vae_scale_factor(self) -> int:
         """Pixels per latent cell along one side (8 for Stable Diffusion)."""
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def is_inpainting(self) -> bool:
+        """True for an SD inpainting model (9-channel UNet: latent, mask, masked-image latent)."""
+        return self.unet.config.in_channels == INPAINTING_UNET_CHANNELS
 
     @property
     def latent_channels(self) -> int:
@@ -204,6 +213,7 @@ class LatentDiffusion:
             "name": self.name,
             "random_weights": self.random_weights,
             "prediction_type": self.prediction_type,
+            "inpainting": self.is_inpainting,
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),
         }
@@ -278,10 +288,43 @@ class LatentDiffusion:
     def predict(
         self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor
     ) -> torch.Tensor:
-        """The UNet's raw output (ε or v, per ``prediction_type``) for (B, C, h, w) latents."""
-        return self.unet(
-            noisy_latents, timesteps.to(self.device), encoder_hidden_states=embeddings
-        ).sample
+        """The UNet's raw output (ε or v, per ``prediction_type``) for (B, C, h, w) latents.
+
+        An inpainting UNet also takes a mask and the masked image's latents; it is given the
+        "repaint everything" condition (``repaint_everything``), under which it is a plain
+        text-to-image denoiser, so protection, SDEdit and textual inversion treat it like a base
+        model. The reference attacked only base models, and its author applied the same global,
+        unmasked attack against inpainting (Diff-Protect issue #6), which this matches.
+        """
+        inputs = noisy_latents
+        if self.is_inpainting:
+            mask, masked_latents = self.repaint_everything(noisy_latents)
+            inputs = torch.cat([noisy_latents, mask, masked_latents], dim=1)
+        return self.unet(inputs, timesteps.to(self.device), encoder_hidden_states=embeddings).sample
+
+    def repaint_everything(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """An inpainting UNet's extra inputs for a mask that covers the whole image.
+
+        What diffusers' inpainting pipeline feeds for an all-white mask: the mask, all ones, and
+        the latents of the masked image, which is then all zeros in [-1, 1] (mid grey). The grey
+        image is encoded once per size (posterior mean) and kept.
+
+        Args:
+            like: (B, C, h, w) latents whose batch, size, device and dtype the inputs take.
+
+        Returns:
+            mask (B, 1, h, w) of ones and masked-image latents (B, C, h, w), no gradient.
+        """
+        batch, _, height, width = like.shape
+        key = (height, width, like.device, like.dtype)
+        if key not in self._blank_cache:
+            factor = self.vae_scale_factor
+            grey = torch.full((1, 3, height * factor, width * factor), 0.5, device=self.device)
+            with torch.no_grad():
+                self._blank_cache[key] = self.encode(grey).to(like.device, like.dtype)
+        masked_latents = self._blank_cache[key].expand(batch, -1, -1, -1)
+        mask = torch.ones(batch, 1, height, width, device=like.device, dtype=like.dtype)
+        return mask, masked_latents
 
     def target(
         self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
