@@ -1,5 +1,7 @@
-"""Shared fixtures: tiny models saved once per session and loaded back through the real loader,
-picture folders, a CLI runner, file digests, a generator maker and a UNet-call counter."""
+"""Shared fixtures: tiny models, picture folders, a CLI runner, digests, generators, counters.
+
+The tiny models are saved once per session and loaded back through the real loader.
+"""
 
 from __future__ import annotations
 
@@ -48,8 +50,11 @@ def tiny_v_model_dir(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_inpaint_model_dir(tmp_path_factory):
-    """A tiny SD *inpainting* folder: the tiny config with a 9-channel UNet, as save_pretrained
-    writes it (latents 4 + mask 1 + masked-image latents 4, like stable-diffusion-inpainting)."""
+    """A tiny SD *inpainting* folder: the tiny config with a 9-channel UNet.
+
+    Written by save_pretrained; the UNet takes latents 4 + mask 1 + masked-image latents 4, like
+    stable-diffusion-inpainting.
+    """
     folder = tmp_path_factory.mktemp("tiny-sd-inpaint")
     model = LatentDiffusion.random("tiny", seed=1)
     config = random_weights.TINY["unet"] | {"in_channels": 9}

@@ -1,5 +1,7 @@
-"""Reading every common kind of image correctly (frames, 16 bits, metadata), and writing without
-losing anything."""
+"""Reading every common kind of image correctly, and writing without losing anything.
+
+Frames, pages, 16 bits and metadata included.
+"""
 
 from __future__ import annotations
 
@@ -277,8 +279,11 @@ def test_gif_disposal_is_carried_to_apng(tmp_path):
 
 
 def test_gif_palette_cannot_hold_a_protection_budget():
-    """Why GIF inputs are written as PNG: re-quantising ±4/255 noise to 256 colours moves pixels
-    by far more than 4/255 (measured 26–47/255 for budgets 4–16)."""
+    """Why GIF inputs are written as PNG: a palette cannot hold a protection's budget.
+
+    Re-quantising ±4/255 noise to 256 colours moves pixels by far more than 4/255 (measured
+    26–47/255 for budgets 4–16).
+    """
     original = np.asarray(Image.fromarray(_gradient(64, 64)).quantize(256).convert("RGB"))
     signs = np.random.default_rng(0).choice([-4, 4], original.shape)
     protected = np.clip(original.astype(int) + signs, 0, 255).astype(np.uint8)

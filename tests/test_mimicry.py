@@ -443,8 +443,10 @@ def test_generate_crops_odd_sizes_and_saved_embedding_reads_back(tiny_model, tmp
 def test_an_inpainting_checkpoint_serves_protection_sdedit_and_textual_inversion(
     tiny_inpaint_model, images, seeded
 ):
-    """A 9-channel UNet loaded through the real loader: the UNet always gets 9 channels (the
-    "repaint everything" condition) and every scenario runs."""
+    """A 9-channel UNet loaded through the real loader serves every scenario.
+
+    The UNet always gets 9 channels (the "repaint everything" condition).
+    """
     model = tiny_inpaint_model
     channels = []
     handle = model.unet.register_forward_pre_hook(lambda m, args: channels.append(args[0].shape[1]))

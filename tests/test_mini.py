@@ -54,7 +54,7 @@ def _mimic(model, images):
 
 @pytest.fixture(scope="module")
 def effects(mini, samples):
-    """method → (mean squared distance of SDEdit outputs to the clean one's, mean ‖Δz‖∞, ‖Δz‖₂)."""
+    """Method → (mean squared distance of SDEdit outputs to the clean one's, mean ‖Δz‖∞, ‖Δz‖₂)."""
     clean_mimicry = _mimic(mini, samples)
     perturbed = {"noise": noise_control(samples, BUDGET.eps, torch.Generator().manual_seed(0))}
     for name in ("sds-", "sds+", "advdm", "photoguard", "mist", "sdst", "advdm-"):

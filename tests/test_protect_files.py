@@ -1,5 +1,7 @@
-"""``protect_files`` from Python: the run, resume, a run sharded over two processes, and the
-awkward files: animations, pages, 16 bits, JPEG output."""
+"""``protect_files`` from Python: the run, resume, sharding, and the awkward files.
+
+Awkward files: broken, too large, too small, animations, pages, 16 bits, JPEG output.
+"""
 
 from __future__ import annotations
 

@@ -188,8 +188,10 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir):
-    """``mimicshield serve`` on the tiny model: yields (URL, its temporary folder); stops it and
-    checks that the folder went with it."""
+    """``mimicshield serve`` on the tiny model: yields (URL, its temporary folder).
+
+    Afterwards it stops the server and checks that the folder went with it.
+    """
     pytest.importorskip("gradio", reason="the web extra is not installed: pip install -e .[web]")
     port = _free_port()
     command = [sys.executable, "-m", "mimicshield", "serve", "--model", str(tiny_model_dir)]

@@ -36,6 +36,7 @@ from .options import (
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``evaluate`` subcommand and its options to the ``mimicshield`` parser."""
     parser = subparsers.add_parser(
         "evaluate",
         help="protect, purify, simulate mimicry and measure; write results and a report",
@@ -110,6 +111,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the grid, print where the results are; the exit code."""
     # 1. Settings and inputs, checked before anything heavy.
     try:
         plan = build_plan(args)

@@ -73,9 +73,13 @@ class ProcessGroup(Protocol):
     count: int
 
     @property
-    def is_main(self) -> bool: ...
+    def is_main(self) -> bool:
+        """Whether this is the process that merges the parts and writes the report."""
+        ...
 
-    def wait_for_everyone(self) -> None: ...
+    def wait_for_everyone(self) -> None:
+        """Return once every process of the run has called it."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -299,7 +303,7 @@ class Evaluation:
     def _mimic_one(
         self, cell: _Cell, name: str, source: Callable[[], torch.Tensor]
     ) -> dict[str, torch.Tensor]:
-        """variant → (1, 3, H, W) mimicry output of one image's purified ``source``, cached."""
+        """Variant → (1, 3, H, W) mimicry output of one image's purified ``source``, cached."""
         key = self._output_key(cell, [name])
         paths = {v: self._cell_folder(cell) / v / f"{name}.png" for v in cell.scenario.variants()}
         if all(_is_cached(path, key) for path in paths.values()):
@@ -336,7 +340,7 @@ class Evaluation:
                 self._measure_sets(cell, outputs, references)
 
     def _mimic_set(self, cell: _Cell) -> dict[str, list[torch.Tensor]]:
-        """variant → generated images of a set scenario over all images, cached."""
+        """Variant → generated images of a set scenario over all images, cached."""
         names = [f"generated-{i}" for i in range(cell.scenario.num_images)]
         key = self._output_key(cell, self.names)
         folder = self._cell_folder(cell)
@@ -369,7 +373,7 @@ class Evaluation:
         return _read_png(self.folder / "protected" / method / f"{name}.png")
 
     def _stored_outputs(self, cell: _Cell) -> dict[str, list[torch.Tensor]]:
-        """variant → every image's cached per-image output (paths only; read on demand)."""
+        """Variant → every image's cached per-image output (paths only; read on demand)."""
         folder = self._cell_folder(cell)
         return {v: [folder / v / f"{n}.png" for n in self.names] for v in cell.scenario.variants()}
 

@@ -33,6 +33,7 @@ Row = dict[str, object]
 
 
 def row_key(row: Mapping[str, object]) -> tuple[str, ...]:
+    """The row's identity: its ``KEY_COLUMNS`` values as strings (missing ones as "")."""
     return tuple(str(row.get(column, "")) for column in KEY_COLUMNS)
 
 
@@ -66,6 +67,7 @@ class ResultsStore:
         return list(self._rows.values())
 
     def has(self, key: tuple[str, ...]) -> bool:
+        """Whether a row with this ``row_key`` is stored."""
         return key in self._rows
 
     def missing_metrics(
@@ -129,6 +131,7 @@ class ResultsStore:
             self._write()
 
     def remove_files(self) -> None:
+        """Delete both results files (a process's part, once the main process merged it)."""
         self.json_path.unlink(missing_ok=True)
         self.csv_path.unlink(missing_ok=True)
 

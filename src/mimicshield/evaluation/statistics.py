@@ -80,8 +80,9 @@ def paired_difference(
     """Mean of ``values[i] − controls[i]`` with its bootstrap interval (images resampled as pairs).
 
     Args:
-        values, controls: one number per image, in the same order; pairs where either is
-            missing (None or not finite) are left out.
+        values: one number per image; pairs where either value is missing (None or not
+            finite) are left out.
+        controls: the noise control's number for the same images, in the same order.
         bootstrap: ``resamples``, ``confidence``, ``seed`` as for ``bootstrap_mean``.
 
     Returns:

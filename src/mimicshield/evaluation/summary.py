@@ -106,7 +106,7 @@ def visibility_columns(rows: Rows) -> list[str]:
 
 
 def visibility_estimates(rows: Rows) -> dict[str, dict[str, Estimate | None]]:
-    """method → column → estimate over the method's images of protected vs clean."""
+    """Method → column → estimate over the method's images of protected vs clean."""
     by_method: dict[str, Rows] = defaultdict(list)
     for row in _visibility_rows(rows):
         by_method[str(row["method"])].append(row)
@@ -341,7 +341,7 @@ def set_notes(rows: Rows) -> list[str]:
 def sdedit_series(
     rows: Rows, victim: str | None = None
 ) -> dict[str, dict[str, list[tuple[float, float]]]]:
-    """metric → method → (SDEdit strength, mean) points, unpurified cells of one victim.
+    """Metric → method → (SDEdit strength, mean) points, unpurified cells of one victim.
 
     Only ``sdedit@<strength>`` variants count (the one-step variants are another curve); the
     victim defaults to the first one. Points are sorted by strength and methods by name; a

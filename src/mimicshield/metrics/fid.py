@@ -67,8 +67,10 @@ def frechet_distance(
     """Fréchet (2-Wasserstein²) distance between N(mean1, cov1) and N(mean2, cov2).
 
     Args:
-        mean1, mean2: (D,).
-        cov1, cov2: (D, D) symmetric positive semi-definite.
+        mean1: (D,), the first distribution's mean.
+        cov1: (D, D) symmetric positive semi-definite, its covariance.
+        mean2: (D,), the second distribution's mean.
+        cov2: (D, D) symmetric positive semi-definite, its covariance.
 
     Returns:
         The distance, ≥ 0 (float).
@@ -114,7 +116,8 @@ def frechet_feature_distance(
     """Fréchet distance between two image sets in ``network``'s feature space.
 
     Args:
-        images, references: (N, 3, H, W) and (M, 3, H', W') in [0, 1]; sizes may differ.
+        images: (N, 3, H, W) in [0, 1].
+        references: (M, 3, H', W') in [0, 1]; counts and sizes may differ from ``images``'.
         network: images → (B, D) features, e.g. ``load_clip()`` (FD_CLIP) or ``load_inception()``.
         batch_size: images per network call (memory bound).
 

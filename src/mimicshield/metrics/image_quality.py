@@ -23,7 +23,8 @@ def psnr(images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
     """Peak signal-to-noise ratio in dB per image, in float64 (never on wrapping integers).
 
     Args:
-        images, references: (B, C, H, W) in [0, 1].
+        images: (B, C, H, W) in [0, 1].
+        references: same shape, in [0, 1].
 
     Returns:
         (B,) float64; +inf where the images are identical.
@@ -37,7 +38,8 @@ def ssim(images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
     """Structural similarity per image, averaged over channels and valid pixels.
 
     Args:
-        images, references: (B, C, H, W) in [0, 1], H and W ≥ 11.
+        images: (B, C, H, W) in [0, 1], H and W ≥ 11.
+        references: same shape, in [0, 1].
 
     Returns:
         (B,) float64 in [-1, 1]; 1 for identical images.

@@ -48,6 +48,7 @@ class SDEditScenario:
             raise ValueError("SDEdit needs one_step or multi_step (or both)")
 
     def variants(self) -> list[str]:
+        """The names of this scenario's outputs, as files and result rows use them."""
         multi = [f"sdedit@{strength:g}" for strength in self.strengths] if self.multi_step else []
         single = [f"onestep@{strength:g}" for strength in self.strengths] if self.one_step else []
         return multi + single
@@ -60,6 +61,11 @@ class SDEditScenario:
         prompt: str,
         generator: torch.Generator,
     ) -> dict[str, torch.Tensor]:
+        """Mimic ``images`` (B, 3, H, W) in [0, 1] with ``model``: variant → outputs.
+
+        Per-image scenarios return (B, 3, H, W) per variant; set scenarios their generated set.
+        ``generator`` is the only randomness; same seed → same outputs.
+        """
         seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
         outputs = {}
         for strength in self.strengths:
@@ -107,6 +113,7 @@ class InpaintScenario:
         check_guidance(self.guidance_scale)
 
     def variants(self) -> list[str]:
+        """The names of this scenario's outputs, as files and result rows use them."""
         return [f"inpaint-{'file' if self.mask_image is not None else self.mask}"]
 
     def run(
@@ -117,6 +124,11 @@ class InpaintScenario:
         prompt: str,
         generator: torch.Generator,
     ) -> dict[str, torch.Tensor]:
+        """Mimic ``images`` (B, 3, H, W) in [0, 1] with ``model``: variant → outputs.
+
+        Per-image scenarios return (B, 3, H, W) per variant; set scenarios their generated set.
+        ``generator`` is the only randomness; same seed → same outputs.
+        """
         seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
         mask = (
             self.mask_image
@@ -148,6 +160,7 @@ class TextualInversionScenario:
     guidance_scale: float = 7.5
 
     def variants(self) -> list[str]:
+        """The names of this scenario's outputs, as files and result rows use them."""
         return ["textual-inversion"]
 
     def run(
@@ -158,6 +171,11 @@ class TextualInversionScenario:
         prompt: str,
         generator: torch.Generator,
     ) -> dict[str, torch.Tensor]:
+        """Mimic ``images`` (B, 3, H, W) in [0, 1] with ``model``: variant → outputs.
+
+        Per-image scenarios return (B, 3, H, W) per variant; set scenarios their generated set.
+        ``generator`` is the only randomness; same seed → same outputs.
+        """
         generated, _ = learn_and_generate(
             model,
             images,
