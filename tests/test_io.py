@@ -162,6 +162,15 @@ def test_write_refuses_the_source_and_leaves_no_partial_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
 
 
+def test_an_encoder_that_refuses_the_size_is_a_named_write_error(tmp_path):
+    path = _save(tmp_path / "wide.png", Image.new("RGB", (16400, 1)))  # WebP: ≤ 16383 a side
+    loaded = read_image(path)
+    levels = torch.zeros(1, 3, 1, 16400, dtype=torch.uint8)
+    with pytest.raises(ImageFileError, match=r"wide\.webp: could not be written \("):
+        write_image(tmp_path / "wide.webp", levels, loaded, plan_output(loaded, "webp"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wide.png"]
+
+
 def test_full_disk_is_reported_and_cleaned_up(tmp_path, monkeypatch):
     loaded = read_image(_save(tmp_path / "a.png", Image.fromarray(_gradient())))
     out = tmp_path / "out"

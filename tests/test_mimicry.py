@@ -514,3 +514,17 @@ def test_reference_conventions_noise_one_stride_higher_and_take_int_s_t(tiny_mod
 
     assert _timesteps_seen(tiny_model, single(False))[1] == [299]
     assert _timesteps_seen(tiny_model, single(True))[1] == [300]
+
+
+def test_reference_conventions_reach_full_strength(tiny_model, images, seeded):
+    """At strength 1 the reference's start (one stride above) is clamped to T − 1."""
+    edited = sdedit(
+        tiny_model,
+        images,
+        prompt="a",
+        strength=1.0,
+        num_inference_steps=4,
+        generator=seeded(0),
+        reference_conventions=True,
+    )
+    assert edited.shape == images.shape and bool(edited.isfinite().all())

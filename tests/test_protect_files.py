@@ -14,7 +14,8 @@ import pytest
 from PIL import Image, ImageSequence
 
 from mimicshield import METHODS, Budget, LatentDiffusion, RunOptions, protect_files, tile_grid
-from mimicshield.runtime import InputError, MemoryPlanError, Processes, collect_inputs
+from mimicshield.imagefiles import ImageFileError
+from mimicshield.runtime import InputError, MemoryPlanError, Processes, collect_inputs, jobs
 from mimicshield.runtime.jobs import ProtectionJob
 from mimicshield.runtime.large_images import Tiles, WorkingResolution
 from mimicshield.runtime.memory import ModelSize, estimate_bytes
@@ -315,3 +316,44 @@ def test_a_file_the_networks_cannot_take_fails_alone(inputs, model, tmp_path):
     assert set(errors) == {"speck.png", "broken.png"}
     assert errors["speck.png"].startswith(f"{speck}: could not be protected (")
     assert len(summary.results) - len(summary.failed) == 4
+
+
+def test_pages_of_different_sizes_fail_alone(inputs, model, tmp_path, smooth_picture):
+    pages = inputs[0].parent / "pages.tiff"
+    smooth_picture(1).save(pages, save_all=True, append_images=[smooth_picture(2, (24, 24))])
+    summary = protect_files([pages, *inputs], tmp_path / "out", _method(), model)
+    errors = {Path(result.input).name: result.error for result in summary.failed}
+    assert "pages.tiff: its frames or pages differ in size (20×16, 24×24)" in errors["pages.tiff"]
+    assert len(summary.results) - len(summary.failed) == 4
+
+
+def test_a_file_that_fails_its_checks_after_writing_is_removed(
+    inputs, model, tmp_path, monkeypatch
+):
+    def unreadable(path, **options):
+        raise ImageFileError(f"{path}: could not be read back")
+
+    monkeypatch.setattr(jobs, "read_image", _only_for_outputs(jobs.read_image, unreadable))
+    summary = protect_files(inputs[1:3], tmp_path / "out", _method(), model)
+    assert [result.output for result in summary.results] == [None, None]
+    assert all("could not be read back" in result.error for result in summary.results)
+    assert not list((tmp_path / "out").glob("*.png")), "no unchecked file is left behind"
+
+
+def _only_for_outputs(read, fail):
+    """``read`` for inputs, ``fail`` for the files a run writes (under an "out" folder)."""
+    return lambda path, **options: (fail if "out" in Path(path).parts else read)(path, **options)
+
+
+def test_an_earlier_result_is_reused_only_if_protected_the_same_way(
+    inputs, model, tmp_path, smooth_picture
+):
+    large = inputs[0].parent / "large.png"
+    smooth_picture(9, size=(96, 96)).save(large)
+    out = tmp_path / "out"
+    protect_files([large], out, _method(), model)  # fits whole with the automatic budget
+    tight = RunOptions(memory_budget_bytes=_budget_between(model, (16, 24), (96, 96)))
+    again = protect_files([large], out, _method(), model, tight)  # now the working resolution
+    (result,) = again.results
+    assert result.ok and not result.reused
+    assert result.protection["way"] == "working-resolution"

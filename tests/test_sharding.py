@@ -18,6 +18,7 @@ from mimicshield import METHODS, Budget
 from mimicshield.cli.main import main
 from mimicshield.filesystem import file_sha256
 from mimicshield.runtime.jobs import ProtectionJob
+from mimicshield.runtime.large_images import Tiles, WorkingResolution
 from mimicshield.runtime.processes import shard
 from mimicshield.runtime.records import (
     completed_outputs,
@@ -106,6 +107,10 @@ def test_fingerprint_tracks_what_decides_the_output_and_ignores_how_it_is_run(tm
             _job(tmp_path, method=METHODS["sds-"](budget=Budget.from_255(16, 1, 2))), "tiny", "fp32"
         ),
         settings_fingerprint(_job(tmp_path, mask=torch.ones(1, 1, 4, 4)), "tiny", "fp32"),
+        settings_fingerprint(_job(tmp_path, large_images=Tiles()), "tiny", "fp32"),
+        settings_fingerprint(
+            _job(tmp_path, large_images=WorkingResolution(short_side=256)), "tiny", "fp32"
+        ),
         settings_fingerprint(
             _job(
                 tmp_path, method=METHODS["sds-"](budget=Budget.from_255(8, 1, 2), noise_samples=2)

@@ -335,6 +335,10 @@ def _load(opened: Image.Image, path: Path) -> LoadedImage:
         lows.append(_low_bytes(path, index) if sixteen_colour else None)
         durations.append(float(frame.info.get("duration") or 0))
         disposals.append(_disposal(opened, frame))
+    sizes = sorted({image.size for image in images})
+    if len(sizes) > 1:
+        listing = ", ".join(f"{width}×{height}" for width, height in sizes)
+        raise ImageFileError(f"{path}: its frames or pages differ in size ({listing})")
     has_alpha = any(_has_alpha(image) for image in images)
     decoded = [
         _frame_pixels(image, low, has_alpha) for image, low in zip(images, lows, strict=True)
@@ -561,8 +565,9 @@ def write_image(
                 _write_colour_tiff16(stream, levels, alpha, plan.metadata, path)
             else:
                 _write_with_pillow(stream, levels, alpha, source.animation, plan)
-    except OSError as error:
-        raise ImageFileError(f"{path}: could not be written ({error.strerror or error})") from None
+    except (OSError, ValueError) as error:  # ValueError: the encoder refuses (e.g. WebP > 16383)
+        reason = getattr(error, "strerror", None) or error
+        raise ImageFileError(f"{path}: could not be written ({reason})") from None
 
 
 def _alpha_levels(alpha: torch.Tensor | None, bit_depth: int) -> torch.Tensor | None:

@@ -295,7 +295,7 @@ def _run_per_file(args: argparse.Namespace, scenario: Scenario) -> int:
         except ImageFileError as error:  # its message names the file
             failures += 1
             print(f"error: {error}", file=sys.stderr)
-        except ValueError as error:  # the library's input checks (e.g. mask size)
+        except (RuntimeError, ValueError) as error:  # input checks (mask size), out of memory
             failures += 1
             print(f"error: {path}: {error}", file=sys.stderr)
     print(f"processed {len(inputs) - failures} of {len(inputs)} images into {args.output}")

@@ -264,8 +264,9 @@ def _print_summary(summary: RunSummary, method: ProtectionMethod) -> None:
     for result in results:
         if result.ok:
             print(
-                f"  {result.output}: L∞ {result.linf_255:g}/255, PSNR {result.psnr_db} dB, "
-                f"SSIM {result.ssim}" + (" (reused)" if result.reused else "")
+                f"  {result.output}: L∞ {result.linf_255:g}/255, "
+                f"PSNR {_number(result.psnr_db)} dB, SSIM {_number(result.ssim)}"
+                + (" (reused)" if result.reused else "")
             )
 
 
@@ -296,3 +297,8 @@ def _large_images(args: argparse.Namespace) -> LargeImages:
         return Tiles(tile=args.tile, overlap=args.tile_overlap)
     except ValueError as error:
         raise CommandError(str(error)) from None
+
+
+def _number(value: float | None) -> str:
+    """A measurement, or "–" where it is undefined (identical images, too small for SSIM)."""
+    return "–" if value is None else f"{value:g}"

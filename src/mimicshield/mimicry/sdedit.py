@@ -216,4 +216,5 @@ class _ReferenceStartDDIM(DDIMScheduler):
 
     def add_noise(self, original_samples, noise, timesteps):
         stride = self.config.num_train_timesteps // self.num_inference_steps
-        return super().add_noise(original_samples, noise, timesteps + stride)
+        last = self.config.num_train_timesteps - 1  # strength 1 starts at T − 1 already
+        return super().add_noise(original_samples, noise, (timesteps + stride).clamp(max=last))

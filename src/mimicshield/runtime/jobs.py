@@ -283,25 +283,42 @@ def _check_mask_fits(mask: torch.Tensor | None, loaded: LoadedImage) -> None:
 
 
 def _save_and_verify(file: _File, output: Path, job: ProtectionJob, model: LatentDiffusion) -> None:
-    """Quantise within budget, write, read every frame back and measure it against the original."""
+    """Quantise within budget, write, read every frame back and measure it against the original.
+
+    A file that fails after it was written (over the budget, unreadable, a measurement the
+    device cannot hold) is removed: only files that passed every check stay on disk.
+    """
+    result = file.result
+    try:
+        _write_and_measure(file, output, job, model)
+    except ImageFileError as error:
+        result.error = str(error)
+    except (RuntimeError, ValueError) as error:  # e.g. out of memory while measuring
+        logger.debug("checking %s failed", output, exc_info=error)
+        result.error = f"{output}: could not be checked ({error})"
+    if result.error is not None:
+        if result.output is not None:
+            Path(result.output).unlink(missing_ok=True)
+            result.output = None
+        return
+    result.ok = True
+
+
+def _write_and_measure(
+    file: _File, output: Path, job: ProtectionJob, model: LatentDiffusion
+) -> None:
+    """Write ``file``'s protected frames and fill its result's measurements (or its error)."""
     image, plan, result = file.image, file.plan, file.result
     eps = job.method.budget.eps
     original = image.frames
     protected = to_file_colours(torch.stack(file.protected), plan)
     levels = quantise_within_budget(protected, original, eps, levels=plan.levels)
     _describe(result, image, plan)
-    result.protection = (
-        job.large_images.describe(model, *image.size)
-        if job.is_large(image.size)
-        else {"way": "whole"}
-    )
-    try:
-        write_image(output, levels, image, plan)
-        saved = read_image(output, max_pixels=job.max_pixels).frames
-    except ImageFileError as error:
-        result.error = str(error)
-        return
+    large = job.is_large(image.size)
+    result.protection = job.large_images.describe(model, *image.size) if large else {"way": "whole"}
+    write_image(output, levels, image, plan)
     result.output = str(output)
+    saved = read_image(output, max_pixels=job.max_pixels).frames
     if saved.shape != original.shape:
         result.error = (
             f"{output}: the saved file has {saved.shape[0]} frames of {tuple(saved.shape[-2:])}, "
@@ -315,14 +332,14 @@ def _save_and_verify(file: _File, output: Path, job: ProtectionJob, model: Laten
     if min(image.size) >= 11:
         result.ssim = round(float(ssim(saved, original).min()), 6)
     if plan.image_format == "jpeg":
-        result.jpeg = codec_figures(model, original, checked.float(), saved, plan.quality)
+        # An image too large to protect whole is too large for a native-size encoder pass too.
+        encoder = None if large else model
+        result.jpeg = codec_figures(encoder, original, checked.float(), saved, plan.quality)
     if result.linf_255 > eps * 255 + _LINF_SLACK_255:
         result.error = (
             f"{output}: saved file is {result.linf_255:.3f}/255 from the original, over the budget "
             f"of {eps * 255:g}/255 (the original is finer than the output's levels)"
         )
-        return
-    result.ok = True
 
 
 def to_file_colours(protected: torch.Tensor, plan: OutputPlan) -> torch.Tensor:
@@ -337,7 +354,7 @@ def to_file_colours(protected: torch.Tensor, plan: OutputPlan) -> torch.Tensor:
 
 
 def codec_figures(
-    model: LatentDiffusion,
+    model: LatentDiffusion | None,
     original: torch.Tensor,
     lossless: torch.Tensor,
     saved: torch.Tensor,
@@ -346,7 +363,8 @@ def codec_figures(
     """How much a JPEG output changed the pixels, and how much protection survived it.
 
     Args:
-        model: its encoder measures the latent shift ‖E(x') − E(x)‖∞ (scaled latent units).
+        model: its encoder measures the latent shift ‖E(x') − E(x)‖∞ (scaled latent units);
+            None leaves the latent shifts out (an image too large for a native-size pass).
         original: (1, 3, H, W) in [0, 1], the input.
         lossless: the protected pixels before JPEG, same shape and range.
         saved: the JPEG file as decoded, same shape and range.
@@ -355,13 +373,15 @@ def codec_figures(
     Returns:
         L∞ distances to the original in 0–255 units (of the saved file, and of the original
         compressed the same way: the codec's own share), and the latent shifts of the lossless
-        protected pixels, of the JPEG file, and of the compressed original.
+        protected pixels, of the JPEG file, and of the compressed original (None without model).
     """
     compressed_original = jpeg(original, quality)
-    shifts = latent_shift(
-        model, original.repeat(3, 1, 1, 1), torch.cat([lossless, saved, compressed_original])
-    ).latent_linf
-    before, after, codec = (round(float(value), 6) for value in shifts)
+    before = after = codec = None
+    if model is not None:
+        shifts = latent_shift(
+            model, original.repeat(3, 1, 1, 1), torch.cat([lossless, saved, compressed_original])
+        ).latent_linf
+        before, after, codec = (round(float(value), 6) for value in shifts)
     return {
         "quality": quality,
         "budget_checked_on": JPEG_BUDGET_NOTE,

@@ -43,6 +43,9 @@ class WorkingResolution:
         if self.short_side is not None:
             check_positive(self.short_side, "working short side")
 
+    def check(self, model: LatentDiffusion) -> None:
+        """Nothing to refuse: any working size works with any model."""
+
     def size(self, model: LatentDiffusion, height: int, width: int) -> tuple[int, int]:
         """(H, W) the networks see for a native ``height`` × ``width`` image."""
         return working_size(height, width, self.short_side or model.native_resolution)
@@ -98,7 +101,24 @@ class Tiles:
         if self.overlap is not None:
             limit = self.tile if self.tile is not None else float("inf")
             if isinstance(self.overlap, bool) or not 0 <= self.overlap < limit:
-                raise ValueError(f"overlap must lie in [0, tile), got {self.overlap}")
+                raise ValueError(f"tile overlap must lie in [0, tile), got {self.overlap}")
+
+    def check(self, model: LatentDiffusion) -> None:
+        """Refuse settings ``model`` cannot tile with (its native tile and factor known now).
+
+        Raises:
+            ValueError: the tile is not a multiple of the VAE's factor, or the overlap is not
+                smaller than the tile.
+        """
+        tile = self._tile(model)
+        if tile % model.vae_scale_factor:
+            raise ValueError(
+                f"tile must be a multiple of the VAE's factor {model.vae_scale_factor}, got {tile}"
+            )
+        if not self._overlap(tile) < tile:
+            raise ValueError(
+                f"tile overlap must be smaller than the tile {tile}, got {self.overlap}"
+            )
 
     def size(self, model: LatentDiffusion, height: int, width: int) -> tuple[int, int]:
         """(H, W) the networks see: one tile (smaller where the image is)."""

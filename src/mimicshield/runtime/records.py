@@ -125,7 +125,8 @@ def settings_fingerprint(job: ProtectionJob, model_name: str, dtype: str | torch
     Included: the method's full record (budget, prompt, start, weights; a target image by its
     content), the model's name and precision, the seed, the mask's content, the output format
     ("auto" when each input keeps its own), the JPEG quality (for JPEG output only: it changes
-    nothing else) and whether metadata is stripped.
+    nothing else), whether metadata is stripped, and the large-image way with its settings
+    (whether a given image goes that way is checked per image, see ``reuse_completed``).
     Left out on purpose: batch size, device, process count and speed switches (how the work is
     spread and computed, not what is asked for), and package versions (an upgrade should not
     redo finished work). A re-run skips an image only under the same fingerprint.
@@ -143,6 +144,7 @@ def settings_fingerprint(job: ProtectionJob, model_name: str, dtype: str | torch
         "output_format": job.image_format or "auto",
         "jpeg_quality": job.quality if job.image_format == "jpeg" else None,
         "strip_metadata": job.strip_metadata,
+        "large_images": {"way": job.large_images.name, **asdict(job.large_images)},
     }
     canonical = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -154,7 +156,10 @@ def _tensor_sha256(tensor: torch.Tensor) -> str:
 
 
 def reuse_completed(
-    inputs: list[Path], outputs: dict[Path, Path], completed: dict[str, dict]
+    inputs: list[Path],
+    outputs: dict[Path, Path],
+    completed: dict[str, dict],
+    ways: dict[Path, str] | None = None,
 ) -> tuple[list[FileResult], list[Path]]:
     """Split inputs into those an earlier run already protected and those still to do.
 
@@ -162,6 +167,10 @@ def reuse_completed(
         inputs: image files.
         outputs: each input's output path (``plan_outputs`` over the whole run).
         completed: ``completed_outputs`` of the output folder's records.
+        ways: how this run would protect each input ("whole" or the large-image way's name);
+            an earlier result is reused only if it was protected the same way (whether an image
+            fits whole depends on the memory budget, which the fingerprint leaves out). None:
+            not checked.
 
     Returns:
         (results copied from the earlier records with ``reused`` set, inputs still to protect).
@@ -173,7 +182,8 @@ def reuse_completed(
         output = outputs[path]
         entry = completed.get(str(output.resolve()))
         digest = file_sha256(path) if entry is not None else None
-        if digest is not None and is_done(entry, output, digest):
+        same_way = ways is None or (entry or {}).get("protection", {}).get("way") == ways.get(path)
+        if digest is not None and same_way and is_done(entry, output, digest):
             earlier = {key: value for key, value in entry.items() if key in known}
             reused.append(FileResult(**{**earlier, "input": str(path), "reused": True}))
         else:

@@ -33,7 +33,7 @@ from ..imagefiles import (
 )
 from ..methods import ProtectionMethod
 from ..models import LatentDiffusion, dtype_name, resolve_dtype
-from .files import plan_outputs
+from .files import InputError, plan_outputs
 from .jobs import FileResult, ProtectionJob, run_job
 from .large_images import LargeImages, WorkingResolution
 from .memory import MemoryPlan, MemoryPlanError, ModelSize, automatic_budget, plan_memory
@@ -158,7 +158,8 @@ def protect_files(
         ``summary.failed`` with a sentence naming the file; they never stop the others.
 
     Raises:
-        files.InputError: the input list or the output folder cannot be used.
+        files.InputError: the input list, the output folder or the tile settings cannot be
+            used.
         memory.MemoryPlanError: not even the smallest image fits the memory budget (larger
             images that do not fit are refused one by one, in ``summary.failed``).
     """
@@ -180,7 +181,12 @@ def protect_files(
 
     # 2. Batch size and precision that fit the largest image that can fit; larger ones are
     #    refused by name. The model follows the chosen precision.
-    fit = fit_memory(model, job, inputs, options, processes)
+    try:
+        options.large_images.check(model)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    sizes = _declared_sizes(inputs, options.max_pixels)
+    fit = fit_memory(model, job, sizes, options, processes)
     plan, refused = fit.plan, fit.refused
     if resolve_dtype(plan.dtype) != model.dtype:
         model.to(model.device, resolve_dtype(plan.dtype))
@@ -199,12 +205,20 @@ def protect_files(
     record_path = processes.record_path(output)
     fingerprint = settings_fingerprint(job, model.name, model.dtype)
     earlier = read_records(output, excluding_run=record_path) if options.resume else []
-    reused, remaining = reuse_completed(inputs, outputs, completed_outputs(earlier, fingerprint))
+    ways = {
+        path: job.large_images.name if job.is_large(hw) else "whole" for path, hw in sizes.items()
+    }
+    reused, remaining = reuse_completed(
+        inputs, outputs, completed_outputs(earlier, fingerprint), ways
+    )
+    # Every process must split the same list: none writes an output before all have looked.
+    if processes.count > 1:
+        processes.wait_for_everyone()
 
     # 4. This process's share.
     mine = shard(remaining, processes.index, processes.count)
     if on_start is not None:
-        on_start(len([path for path in mine if path not in refused]))
+        on_start(len(mine))
 
     # 5. Protect, recording after each file.
     own_record = (
@@ -272,14 +286,15 @@ class MemoryFit:
 def fit_memory(
     model: LatentDiffusion,
     job: ProtectionJob,
-    inputs: Sequence[Path],
+    sizes: dict[Path, tuple[int, int]],
     options: RunOptions,
     processes: Processes,
 ) -> MemoryFit:
     """Which inputs fit whole, the plan for them, and how the larger ones are protected.
 
-    Sizes come from the file headers (nothing is decoded); files whose header cannot be read
-    are left to fail by name when they are read. The automatic budget counts the loaded weights.
+    ``sizes`` are (H, W) from the file headers (``_declared_sizes``: nothing is decoded); files
+    whose header cannot be read are not in it and fail by name when they are read. The automatic
+    budget counts the loaded weights.
     The plan fits the largest input that fits whole; each larger input goes the large-image way
     (``options.large_images``) if what the networks then see fits, and is refused otherwise.
 
@@ -293,7 +308,7 @@ def fit_memory(
         weights = size.parameters * model.dtype.itemsize
         sharers = processes.local_count if model.device.type == "cpu" else 1
         budget = automatic_budget(model.device, resident_bytes=weights, sharers=sharers)
-    sizes = _declared_sizes(inputs, options.max_pixels) or {None: _FALLBACK_SIZE}
+    sizes = dict(sizes) or {None: _FALLBACK_SIZE}
 
     def plan(height: int, width: int, dtypes: tuple[str, ...], batch: int) -> MemoryPlan:
         return plan_memory(

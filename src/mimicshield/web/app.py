@@ -464,10 +464,15 @@ def _report(outcome: JobOutcome, method, notes: list[str]) -> str:
     ]
     lines += [
         f"- {Path(result.output).name}: changed by at most {result.linf_255:g}/255 on the saved "
-        f"file; PSNR {result.psnr_db:.1f} dB, SSIM {result.ssim:.4f}"
+        f"file; PSNR {_number(result.psnr_db, '.1f')} dB, SSIM {_number(result.ssim, '.4f')}"
         for result in outcome.protected
     ]
     if outcome.messages:
         lines += ["", "**Could not protect:**"] + [f"- {message}" for message in outcome.messages]
     lines += [f"\n*Note: {note}*" for note in notes]
     return "\n".join(lines)
+
+
+def _number(value: float | None, spec: str) -> str:
+    """``value`` formatted, or "–" where it is undefined (identical images, too small for SSIM)."""
+    return "–" if value is None else format(value, spec)

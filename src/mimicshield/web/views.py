@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..imagefiles import read_back, read_image, to_levels
+from ..imagefiles import read_image, to_levels
 from ..mimicry.sdedit import sdedit
 from ..models import LatentDiffusion
 
@@ -26,7 +26,7 @@ def load_pair(original: Path, protected: Path) -> tuple[torch.Tensor, torch.Tens
     Returns:
         Both (3, H, W) in [0, 1]: the original with its orientation applied, in RGB.
     """
-    return read_image(original).pixels, read_back(protected)
+    return read_image(original).pixels, read_image(protected).pixels
 
 
 def amplified(original: torch.Tensor, protected: torch.Tensor, eps_255: float) -> np.ndarray:
