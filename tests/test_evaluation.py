@@ -514,3 +514,15 @@ def test_evaluate_under_accelerate_launch_with_two_processes(folder, tmp_path, t
         return sorted((tuple(r[c] for c in KEY_COLUMNS), r.get("psnr")) for r in rows)
 
     assert values(double) == values(tmp_path / "single")
+
+
+def test_a_set_scenario_on_images_of_several_sizes_is_refused_before_any_work(
+    tmp_path, tiny_model, smooth_picture
+):
+    for index, size in enumerate([(16, 16), (24, 16)]):
+        smooth_picture(index, size).save(tmp_path / f"{index}.png")
+    images = [read_image(tmp_path / f"{index}.png") for index in range(2)]
+    plan = _plan(scenarios=(TextualInversionScenario(steps=1, num_images=1),))
+    with pytest.raises(ValueError, match="need images of one size"):
+        Evaluation(images, plan, tiny_model, tmp_path / "out", load_metrics(["psnr"]))
+    assert not (tmp_path / "out").exists()

@@ -50,3 +50,10 @@ def test_95_percent_intervals_cover_the_true_mean_about_95_percent_of_the_time()
     # binomial spread of about ±1.3 %.
     assert 0.88 <= covered / trials <= 0.985
     assert not Estimate(1.0, 0.5, 1.5, 3).covers_zero and Estimate(0.1, -0.1, 0.3, 3).covers_zero
+
+
+def test_fewer_than_the_minimum_images_never_claim_a_difference():
+    few = paired_difference([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
+    assert not few.covers_zero and few.too_few and few.inconclusive
+    enough = paired_difference([1.0, 2.0, 3.0, 2.0, 1.5], [0.0] * 5)
+    assert not enough.too_few and not enough.inconclusive

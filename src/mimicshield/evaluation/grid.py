@@ -44,6 +44,7 @@ import torch
 
 from .. import __version__
 from ..budget import Budget, quantise_within_budget
+from ..filesystem import atomic_write_text
 from ..imagefiles import LoadedImage, read_back, to_levels, write_levels_png
 from ..methods import METHODS
 from ..metrics import MIN_MEANINGFUL_SET, SSIM_MIN_SIZE, LoadedMetrics, SmallSampleWarning
@@ -161,6 +162,12 @@ class Evaluation:
     ):
         if not images:
             raise ValueError("no images to evaluate")
+        sizes = sorted({image.size for image in images})
+        if len(sizes) > 1 and any(not scenario.per_image for scenario in plan.scenarios):
+            # Found now, not after hours of per-image work: a set scenario learns from one size.
+            raise ValueError(
+                f"set scenarios (textual inversion) need images of one size; got sizes {sizes}"
+            )
         self.images, self.plan, self.model, self.folder = images, plan, model, folder
         self.metrics = metrics
         self.progress = progress or (lambda description: None)
@@ -348,12 +355,6 @@ class Evaluation:
         if all(_is_cached(p, key) for group in paths.values() for p in group):
             return {v: [_read_png(p) for p in group] for v, group in paths.items()}
         sources = [self._source_image(cell.method, name) for name in self.names]
-        sizes = {tuple(image.shape[-2:]) for image in sources}
-        if len(sizes) > 1:
-            raise ValueError(
-                f"{cell.scenario.name} learns from the whole set, which needs images of one "
-                f"size; got sizes {sorted(sizes)}"
-            )
         purified = self._purify(cell, torch.cat(sources))
         generator = torch.Generator().manual_seed(self.plan.seed)
         victim = self.victims[cell.victim]
@@ -483,7 +484,7 @@ class Evaluation:
             return _digest(CLEAN, self.contents[name])
         return _digest(
             __version__,
-            json.dumps(self.model.describe(), sort_keys=True),
+            _model_identity(self.model),
             json.dumps(self.plan.budget.as_record(), sort_keys=True),
             self.plan.prompt,
             str(self.plan.seed),
@@ -498,8 +499,9 @@ class Evaluation:
             __version__,
             *(self._source_key(cell.method, name) for name in names),
             repr(purifier),
-            json.dumps(self.victims[cell.victim].describe(), sort_keys=True),
+            _model_identity(self.victims[cell.victim]),
             repr(cell.scenario),
+            _scenario_inputs(cell.scenario),
             self.plan.prompt,
             str(self.plan.seed),
         )
@@ -590,11 +592,32 @@ def _is_cached(path: Path, key: str) -> bool:
 
 
 def _write_cached(path: Path, key: str, levels: torch.Tensor) -> torch.Tensor:
-    """Write 8-bit levels (3, H, W) as ``path`` and its key; the pixels as read back (3, H, W)."""
+    """Write 8-bit levels (3, H, W) as ``path`` and its key; the pixels as read back (3, H, W).
+
+    The old key goes first and the new one last, both atomically: a crash in between leaves an
+    image without a key, which is recomputed, never an image under a key it does not match.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    marker = path.with_name(f".{path.name}.key")
+    marker.unlink(missing_ok=True)
     write_levels_png(path, levels)
-    path.with_name(f".{path.name}.key").write_text(key)
+    atomic_write_text(marker, key)
     return levels.float() / 255
+
+
+def _model_identity(model: LatentDiffusion) -> str:
+    """What of a model decides its results: ``describe()`` less the device it ran on."""
+    facts = {key: value for key, value in model.describe().items() if key != "device"}
+    return json.dumps(facts, sort_keys=True)
+
+
+def _scenario_inputs(scenario: Scenario) -> str:
+    """Digest of the tensors a scenario holds outside its ``repr`` (an inpainting mask image)."""
+    mask = getattr(scenario, "mask_image", None)
+    if mask is None:
+        return ""
+    values = mask.detach().cpu().float().numpy()
+    return hashlib.sha256(str(values.shape).encode() + values.tobytes()).hexdigest()
 
 
 def _stack(images: list[torch.Tensor | Path]) -> torch.Tensor:

@@ -21,6 +21,9 @@ import numpy as np
 RESAMPLES = 2000
 CONFIDENCE = 0.95
 SEED = 0
+#: Fewer images than this say nothing either way: a percentile-bootstrap interval over 1–4
+#: values is far too narrow (zero-wide for one), so it would claim a difference it cannot show.
+MIN_IMAGES = 5
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,16 @@ class Estimate:
     def covers_zero(self) -> bool:
         """True when 0 lies in the interval: no evidence that the mean differs from zero."""
         return self.low <= 0 <= self.high
+
+    @property
+    def too_few(self) -> bool:
+        """True below ``MIN_IMAGES`` values, where the interval cannot be trusted."""
+        return self.count < MIN_IMAGES
+
+    @property
+    def inconclusive(self) -> bool:
+        """No evidence of a difference from zero: the interval covers 0, or too few values."""
+        return self.too_few or self.covers_zero
 
 
 def bootstrap_mean(

@@ -24,7 +24,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable
 
-from .statistics import Estimate, bootstrap_mean, paired_difference
+from .statistics import MIN_IMAGES, Estimate, bootstrap_mean, paired_difference
 
 Rows = list[dict[str, object]]
 
@@ -237,7 +237,7 @@ def pivot(
                 | {
                     "ratio": _ratio(entry["estimate"], control.get("estimate")),
                     "difference": difference,
-                    "like_noise": difference is not None and difference.covers_zero,
+                    "like_noise": difference is not None and difference.inconclusive,
                 }
             )
         table.append({"method": method, "cells": line})
@@ -257,18 +257,21 @@ def like_noise_sentences(rows: Rows, baseline: str = PRIMARY) -> list[str]:
     """One sentence per method that is not distinguishable from noise in some cell.
 
     A cell counts where the 95 % interval of the paired difference with the noise control covers
-    0; the sentence lists those cells as ``metric at variant / purifier (victim)``.
+    0, or where it rests on fewer than ``MIN_IMAGES`` images; the sentence lists those cells as
+    ``metric at variant / purifier (victim)``.
     """
     found: dict[str, list[str]] = defaultdict(list)
     for (method, purifier, variant, victim), metrics in noise_differences(rows, baseline).items():
         for metric, difference in metrics.items():
-            if difference.covers_zero:
+            if difference.inconclusive:
                 where = f"{metric} at {variant} / {purifier}" + (f" ({victim})" if victim else "")
                 interval = f"[{difference.low:+.3g}, {difference.high:+.3g}]"
-                found[method].append(f"{where}: {difference.mean:+.3g} {interval}")
+                few = f", only {difference.count} images" if difference.too_few else ""
+                found[method].append(f"{where}: {difference.mean:+.3g} {interval}{few}")
     return [
         f"{method} is not distinguishable from the noise control (the 95 % interval of the "
-        f"paired difference covers 0) for {'; '.join(cells)}."
+        f"paired difference covers 0, or rests on fewer than {MIN_IMAGES} images) for "
+        f"{'; '.join(cells)}."
         for method, cells in found.items()
     ]
 
