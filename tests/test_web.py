@@ -158,6 +158,22 @@ def test_cancel_stops_a_job_at_the_next_step(tiny_model, smooth_picture, tmp_pat
     assert not (tmp_path / "job2").exists()
 
 
+def test_cancel_stops_the_running_job_and_those_queued_behind_it_only():
+    flags = jobs.Cancellations()
+    flags.begin("s")
+    flags.begin("s")  # Protect pressed again while the first job waits or runs
+    flags.begin("other")
+    first = flags.claim("s")
+    flags.cancel("s")
+    second = flags.claim("s")
+    assert first.is_set() and second.is_set(), "Cancel reaches the running and the queued job"
+    assert not flags.claim("other").is_set(), "another session's job is not touched"
+    flags.finish("s", first)
+    flags.finish("s", second)
+    flags.begin("s")
+    assert not flags.claim("s").is_set(), "a job queued after Cancel starts afresh"
+
+
 def test_the_amplified_view_is_gray_where_nothing_changed_and_saturates_at_eps():
     original = torch.full((3, 2, 2), 0.5)
     protected = original.clone()

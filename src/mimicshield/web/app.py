@@ -233,6 +233,7 @@ def build_app(settings: ServeSettings, folders: JobFolders) -> gr.Blocks:
             progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's injection idiom)
         ):
             session = request.session_hash
+            flag = cancellations.claim(session)  # claimed first: every return must finish it
             nothing = (None, gr.update(choices=[], value=None), {}, None, None)
             try:
                 paths = check_uploads(files, settings.limits)
@@ -245,6 +246,7 @@ def build_app(settings: ServeSettings, folders: JobFolders) -> gr.Blocks:
                 )
                 loaded = model.get(progress)
             except (UploadError, BudgetError, ModelUnavailableError, ValueError) as error:
+                cancellations.finish(session, flag)
                 return (str(error), *nothing)
             folder = folders.start(session)
             progress.tqdm(None, desc="Images", total=len(paths), unit="images")
@@ -255,7 +257,7 @@ def build_app(settings: ServeSettings, folders: JobFolders) -> gr.Blocks:
                     method_,
                     loaded,
                     _run_options(settings, model.dtypes, loaded),
-                    cancelled=cancellations.flag(session),
+                    cancelled=flag,
                     on_step=lambda step, total, value: progress(
                         (step, total), desc="PGD steps", unit="steps"
                     ),
@@ -268,7 +270,7 @@ def build_app(settings: ServeSettings, folders: JobFolders) -> gr.Blocks:
                 folders.release(session)
                 return (str(error), *nothing)
             finally:
-                cancellations.forget(session)
+                cancellations.finish(session, flag)
             state = {
                 Path(result.output).name: {
                     "original": result.input,

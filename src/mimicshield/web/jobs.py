@@ -93,34 +93,51 @@ class JobFolders:
 
 
 class Cancellations:
-    """A cancel flag per browser session.
+    """The cancel flags of each browser session's jobs, running or waiting in the queue.
 
-    The flag is made when Protect is pressed (before the job waits in the queue), so that
-    Cancel also stops a job that has not started yet; the job checks it at every PGD step.
+    Protect registers a flag before its job waits in the queue; the job claims the oldest
+    unclaimed flag of its session when it starts (the queue runs a session's jobs in order) and
+    checks it at every PGD step. Cancel sets every flag of the session, so it stops the running
+    job and the jobs waiting behind it.
     """
 
     def __init__(self) -> None:
-        self._flags: dict[str, threading.Event] = {}
+        self._waiting: dict[str, list[threading.Event]] = {}
+        self._running: dict[str, list[threading.Event]] = {}
         self._lock = threading.Lock()
 
     def begin(self, session: str) -> None:
-        """Give the session's new job a fresh, unset flag."""
+        """Register the flag of a job about to wait in the queue."""
         with self._lock:
-            self._flags[session] = threading.Event()
+            self._waiting.setdefault(session, []).append(threading.Event())
 
-    def flag(self, session: str) -> threading.Event:
-        """The flag of the session's latest job (a fresh one if Protect was never pressed)."""
+    def claim(self, session: str) -> threading.Event:
+        """The flag of the job starting now: the session's oldest waiting one (or a fresh one)."""
         with self._lock:
-            return self._flags.setdefault(session, threading.Event())
+            waiting = self._waiting.get(session, [])
+            flag = waiting.pop(0) if waiting else threading.Event()
+            self._running.setdefault(session, []).append(flag)
+            return flag
+
+    def finish(self, session: str, flag: threading.Event) -> None:
+        """The job holding ``flag`` ended, cancelled or not."""
+        with self._lock:
+            running = self._running.get(session, [])
+            if flag in running:
+                running.remove(flag)
 
     def cancel(self, session: str) -> None:
-        """Ask the session's current job to stop at its next PGD step."""
-        self.flag(session).set()
+        """Stop the session's running job at its next PGD step, and the jobs waiting behind it."""
+        with self._lock:
+            for flag in [*self._waiting.get(session, []), *self._running.get(session, [])]:
+                flag.set()
 
     def forget(self, session: str) -> None:
-        """Drop the session's flag (the page was closed)."""
+        """Cancel and drop all the session's flags (the page was closed)."""
+        self.cancel(session)
         with self._lock:
-            self._flags.pop(session, None)
+            self._waiting.pop(session, None)
+            self._running.pop(session, None)
 
 
 @dataclass
