@@ -9,7 +9,7 @@ from .models import LatentDiffusion
 from .objectives import Conditioning, StepNoise, weighted_objective
 from .pgd import StepCallback, pgd
 from .targets import resolve_target
-from .tensors import check_images, check_mask, pad_to_multiple
+from .tensors import check_images, check_mask, pad_to_multiple, randint
 
 
 def protect(
@@ -105,11 +105,11 @@ def noise_control(
     Args:
         images: (B, 3, H, W) float in [0, 1]. Not modified.
         eps: L∞ budget on the [0, 1] scale.
-        generator: the only randomness (signs drawn on the CPU, then moved to ``images``).
+        generator: the only randomness (signs drawn on its device, CPU without one, then moved).
 
     Returns:
         (B, 3, H, W) in [0, 1], ``images`` plus random signs times ``eps``, clipped.
     """
     check_images(images)
-    signs = torch.randint(0, 2, images.shape, generator=generator).float() * 2 - 1
-    return (images + signs.to(images.device) * eps).clamp(0, 1)
+    signs = randint(0, 2, images.shape, generator, device=images.device).float() * 2 - 1
+    return (images + signs * eps).clamp(0, 1)

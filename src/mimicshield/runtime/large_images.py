@@ -48,7 +48,7 @@ class WorkingResolution:
 
     def size(self, model: LatentDiffusion, height: int, width: int) -> tuple[int, int]:
         """(H, W) the networks see for a native ``height`` × ``width`` image."""
-        return working_size(height, width, self.short_side or model.native_resolution)
+        return working_size(height, width, self._short_side(model))
 
     def protect(
         self,
@@ -61,12 +61,11 @@ class WorkingResolution:
         callback: StepCallback | None,
     ) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] → protected, same shape, within the budget on every pixel."""
-        short_side = self.short_side or model.native_resolution
         return protect_at_resolution(
             images,
             method,
             model,
-            short_side=short_side,
+            short_side=self._short_side(model),
             mask=mask,
             generator=generator,
             callback=callback,
@@ -75,6 +74,9 @@ class WorkingResolution:
     def describe(self, model: LatentDiffusion, height: int, width: int) -> dict[str, object]:
         """The record's account of how a ``height`` × ``width`` image was protected."""
         return {"way": self.name, "working_size": list(self.size(model, height, width))}
+
+    def _short_side(self, model: LatentDiffusion) -> int:
+        return self.short_side or model.native_resolution
 
 
 @dataclass(frozen=True)
