@@ -303,7 +303,7 @@ def test_the_fingerprint_covers_format_quality_and_stripping(model, tmp_path):
     assert fingerprint(strip_metadata=True) != default
     assert fingerprint(quality=50) == default  # quality changes nothing but JPEG output
     assert fingerprint(image_format="jpeg") != fingerprint(image_format="jpeg", quality=50)
-    with pytest.raises(ValueError, match="JPEG quality must lie in 1–100, got 0"):
+    with pytest.raises(ValueError, match=r"JPEG quality must lie in \[1, 100\], got 0"):
         dataclasses.replace(job, quality=0)  # refused before any file is protected
 
 

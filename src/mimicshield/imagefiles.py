@@ -33,6 +33,7 @@ import torch
 from PIL import Image, ImageCms, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from .filesystem import atomic_output
+from .tensors import check_range
 
 logger = logging.getLogger(__name__)
 
@@ -259,6 +260,21 @@ def default_output_format(path: str | os.PathLike) -> str:
         return "png"
 
 
+def check_output_settings(image_format: str | None, quality: int) -> None:
+    """Refuse an output format or a JPEG quality that no output can be written with.
+
+    The format must be one of ``OUTPUT_FORMATS`` (None: each input keeps its own), the quality a
+    whole number in 1–100.
+
+    Raises:
+        ValueError: naming the value and what is allowed.
+    """
+    if image_format is not None and image_format not in OUTPUT_FORMATS:
+        choices = ", ".join(OUTPUT_FORMATS)
+        raise ValueError(f"output format must be one of {choices}, got {image_format!r}")
+    check_range(quality, "JPEG quality", 1, 100, whole=True)
+
+
 def plan_output(
     source: LoadedImage,
     image_format: str | None = None,
@@ -282,12 +298,9 @@ def plan_output(
     fmt = image_format or _default_format(
         source.source_format, source.lossy, source.bit_depth == 16 and not source.gray
     )
-    if fmt not in OUTPUT_FORMATS:
-        raise ValueError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
+    check_output_settings(fmt, quality)
     if fmt == "jpeg":
         _check_jpeg_can_hold(source)
-        if not 1 <= quality <= 100:
-            raise ValueError(f"JPEG quality must lie in 1–100, got {quality}")
     sixteen = source.bit_depth == 16 and (fmt == "tiff" or (fmt == "png" and source.gray))
     writer = "tiff16" if sixteen and not source.gray else fmt
     present = source.metadata.kinds()

@@ -7,7 +7,12 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..imagefiles import OUTPUT_FORMATS, default_output_format
+from ..imagefiles import (
+    DEFAULT_JPEG_QUALITY,
+    OUTPUT_FORMATS,
+    check_output_settings,
+    default_output_format,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +56,10 @@ def plan_outputs(
     Raises:
         InputError: the output folder is a folder that holds inputs (originals could be hit).
     """
-    if image_format is not None and image_format not in OUTPUT_FORMATS:
-        choices = ", ".join(OUTPUT_FORMATS)
-        raise InputError(f"output format must be one of {choices}, got '{image_format}'")
+    try:
+        check_output_settings(image_format, DEFAULT_JPEG_QUALITY)
+    except ValueError as error:
+        raise InputError(str(error)) from None
     resolved_output = output_dir.resolve()
     for path in inputs:
         if path.resolve().parent == resolved_output:

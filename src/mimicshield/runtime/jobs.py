@@ -23,10 +23,10 @@ from ..filesystem import file_sha256
 from ..imagefiles import (
     DEFAULT_JPEG_QUALITY,
     DEFAULT_MAX_PIXELS,
-    OUTPUT_FORMATS,
     ImageFileError,
     LoadedImage,
     OutputPlan,
+    check_output_settings,
     plan_output,
     read_image,
     write_image,
@@ -118,11 +118,7 @@ class ProtectionJob:
 
     def __post_init__(self) -> None:
         # Checked here, not at the first file: a bad setting must not fail a run half done.
-        if self.image_format is not None and self.image_format not in OUTPUT_FORMATS:
-            choices = ", ".join(OUTPUT_FORMATS)
-            raise ValueError(f"output format must be one of {choices}, got {self.image_format!r}")
-        if not 1 <= self.quality <= 100:
-            raise ValueError(f"JPEG quality must lie in 1–100, got {self.quality}")
+        check_output_settings(self.image_format, self.quality)
 
 
 @dataclass
