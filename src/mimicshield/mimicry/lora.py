@@ -143,6 +143,9 @@ def installed_lora(
 ) -> Iterator[list[torch.nn.Parameter]]:
     """Wrap ``model``'s UNet projections with adapters inside the block; unwrap them after.
 
+    On exit, however the block ends, the UNet has its original modules, weights, gradient flags
+    and attributes back.
+
     Args:
         model: the model; its UNet must carry no adapter already.
         config: rank, alpha and target modules of the adapters.
@@ -163,6 +166,8 @@ def installed_lora(
             "use a model without them"
         )
     had_flag, flag = _PEFT_FLAG in vars(unet), vars(unet).get(_PEFT_FLAG)
+    # peft freezes every base weight when it adds an adapter; put the caller's flags back after.
+    requires_grad = [(p, p.requires_grad) for p in unet.parameters()]
     # peft initialises A from torch's global generator: fork it so the caller's state is untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -182,6 +187,8 @@ def installed_lora(
         vars(unet).pop(_PEFT_FLAG, None)
         if had_flag:
             setattr(unet, _PEFT_FLAG, flag)
+        for parameter, flag_before in requires_grad:
+            parameter.requires_grad_(flag_before)
 
 
 def _load_adapter(unet: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
