@@ -151,6 +151,17 @@ def test_installed_lora_is_removed_after_an_error_and_refuses_a_second_adapter(m
     _assert_bit_exact(model, before)
 
 
+def test_weights_that_do_not_fit_are_refused_and_the_model_restored(model, seeded, images):
+    weights = train_lora(model, images, dataclasses.replace(LORA, steps=1), generator=seeded())
+    before = _snapshot(model)
+    lacking = dict(list(weights.state_dict.items())[2:])
+    for state_dict in (lacking, weights.state_dict | {"nowhere.lora_A.weight": torch.zeros(4, 4)}):
+        with pytest.raises(ValueError, match="do not fit this UNet"):
+            with installed_lora(model, LORA, state_dict):
+                pass
+    _assert_bit_exact(model, before)
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [

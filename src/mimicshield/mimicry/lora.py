@@ -13,7 +13,7 @@ inside a ``with`` block and unwraps them afterwards, however the block ends. The
 are saved the way diffusers saves them (``StableDiffusionPipeline.save_lora_weights`` with the
 adapter's configuration as metadata), so a pipeline's ``load_lora_weights`` reads them back.
 
-Settings: ``LoRAConfig()`` is quick (100 steps: seconds on the tiny test model, about a minute on
+Settings: ``LoRAConfig()`` is quick (100 steps: seconds on the tiny test model, a minute or two on
 the miniature on a CPU); ``LORA_PRESETS["gpu"]`` is the examples' recipe for real models.
 """
 
@@ -195,11 +195,14 @@ def _load_adapter(unet: torch.nn.Module, state_dict: dict[str, torch.Tensor]) ->
     """Copy adapter weights (peft naming, or diffusers' ``lora.down``/``lora.up``) into ``unet``."""
     peft_names = convert_unet_state_dict_to_peft(dict(state_dict))
     result = set_peft_model_state_dict(unet, peft_names, adapter_name=ADAPTER_NAME)
-    unexpected = getattr(result, "unexpected_keys", None) or []
-    if unexpected:
+    # The load is not strict (the base weights are "missing"): check the adapters' own tensors.
+    unexpected = list(result.unexpected_keys)
+    missing = [key for key in result.missing_keys if ".lora_" in key]
+    if unexpected or missing:
+        example = (unexpected or missing)[0]
         raise ValueError(
-            f"the LoRA weights do not fit this UNet: {len(unexpected)} unexpected tensors, "
-            f"e.g. {unexpected[0]}"
+            f"the LoRA weights do not fit this UNet: {len(unexpected)} tensors it does not have "
+            f"and {len(missing)} adapter tensors missing (e.g. {example})"
         )
 
 
