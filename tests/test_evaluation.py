@@ -177,7 +177,7 @@ def test_cli_evaluate_on_a_two_image_folder(folder, tmp_path, tiny_model_dir, ca
 @pytest.mark.parametrize(
     "option, value, message",
     [
-        ("--scenarios", "sdedit,dreambooth", "unknown scenario 'dreambooth'"),
+        ("--scenarios", "sdedit,hypernetwork", "unknown scenario 'hypernetwork'"),
         ("--purify", "none,sharpen2", "unknown purifier 'sharpen2'"),
         ("--metrics", "psnr,vibes", "unknown metric 'vibes'"),
         ("--methods", "sds-,glaze", "unknown method 'glaze'"),

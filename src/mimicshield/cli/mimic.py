@@ -1,4 +1,6 @@
-"""``mimicshield mimic {sdedit,inpaint,textual-inversion} INPUT... --output DIR``: simulate mimicry.
+"""``mimicshield mimic SCENARIO INPUT... --output DIR``: simulate mimicry on image files.
+
+SCENARIO: sdedit, inpaint, textual-inversion, lora or dreambooth.
 
 Runs the library's mimicry scenarios (the same objects ``mimicshield evaluate`` runs) on image
 files and writes the results as PNG files into the output folder, which may not hold inputs. A
@@ -9,6 +11,8 @@ failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -17,6 +21,9 @@ from tqdm import tqdm
 
 from ..imagefiles import ImageFileError, LoadedImage, read_image, read_mask, write_png
 from ..mimicry import (
+    DREAMBOOTH_PRESETS,
+    LORA_PRESETS,
+    LORA_WEIGHTS_FILE,
     MASKS,
     OBJECT_TEMPLATES,
     STYLE_TEMPLATES,
@@ -24,6 +31,8 @@ from ..mimicry import (
     Scenario,
     SDEditScenario,
     TextualInversionConfig,
+    dreambooth,
+    lora,
     textual_inversion,
 )
 from ..runtime import collect_inputs, plan_outputs
@@ -34,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``mimic`` subcommand and its options to the ``mimicshield`` parser."""
     parser = subparsers.add_parser(
         "mimic",
-        help="simulate mimicry (SDEdit, inpainting, textual inversion) on images",
+        help="simulate mimicry (SDEdit, inpainting, textual inversion, LoRA, DreamBooth) on images",
         description="Run a mimicry scenario on images, protected or not, to see what an imitator "
         "would get. Outputs are PNG files in --output; inputs are never written to.",
     )
@@ -42,12 +51,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _register_sdedit(scenarios)
     _register_inpaint(scenarios)
     _register_textual_inversion(scenarios)
+    _register_lora(scenarios)
+    _register_dreambooth(scenarios)
 
 
-def _common_options(parser: argparse.ArgumentParser, *, prompt: str, steps: int, guidance: float):
+def _common_options(
+    parser: argparse.ArgumentParser, *, prompt: str | None, steps: int, guidance: float
+):
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     parser.add_argument("-o", "--output", required=True, type=Path, help="folder for the results")
-    parser.add_argument("--prompt", default=prompt, help=f"text condition (default: {prompt!r})")
+    default = "the instance prompt" if prompt is None else repr(prompt)
+    parser.add_argument("--prompt", default=prompt, help=f"text condition (default: {default})")
     parser.add_argument(
         "--num-inference-steps",
         type=int,
@@ -144,6 +158,70 @@ def _register_textual_inversion(scenarios: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_run_textual_inversion)
 
 
+def _fine_tuning_options(parser: argparse.ArgumentParser, presets: dict) -> None:
+    """Options of LoRA and DreamBooth: a preset, and the settings that override it."""
+    _common_options(parser, prompt=None, steps=50, guidance=7.5)
+    parser.add_argument(
+        "--preset",
+        default="quick",
+        choices=tuple(presets),
+        help="training settings: 'quick' (CPU, small models) or 'gpu' (the diffusers training "
+        "examples' values, for real models); the options below override it (default: quick)",
+    )
+    parser.add_argument(
+        "--train-steps", type=int, help="optimisation steps (default: the preset's)"
+    )
+    parser.add_argument(
+        "--learning-rate", type=float, help="AdamW learning rate (default: the preset's)"
+    )
+    parser.add_argument("--batch-size", type=int, help="images per training step (default: 1)")
+    parser.add_argument(
+        "--instance-prompt",
+        help="prompt of every training image (default: 'a painting in the style of sks')",
+    )
+    parser.add_argument("--num-images", type=int, default=4, help="images to generate (default: 4)")
+
+
+def _register_lora(scenarios: argparse._SubParsersAction) -> None:
+    parser = scenarios.add_parser(
+        "lora",
+        help="fine-tune LoRA adapters on the images, then generate",
+        description="LoRA: train low-rank adapters on the UNet's attention projections from all "
+        "readable INPUT images (one size) under one instance prompt, then generate --num-images "
+        f"images with --prompt (default: the instance prompt). Writes lora-NNN.png and "
+        f"{LORA_WEIGHTS_FILE}, which diffusers' load_lora_weights reads.",
+    )
+    _fine_tuning_options(parser, LORA_PRESETS)
+    parser.add_argument("--rank", type=int, help="adapter rank (default: the preset's, 4)")
+    parser.set_defaults(run=_run_lora)
+
+
+def _register_dreambooth(scenarios: argparse._SubParsersAction) -> None:
+    parser = scenarios.add_parser(
+        "dreambooth",
+        help="fine-tune the whole UNet on the images, then generate",
+        description="DreamBooth: fine-tune a copy of the UNet on all readable INPUT images (one "
+        "size) under one instance prompt, optionally with prior preservation, then generate "
+        "--num-images images with --prompt (default: the instance prompt). Writes "
+        "dreambooth-NNN.png; the UNet (as large as the model's) only with --save-unet.",
+    )
+    _fine_tuning_options(parser, DREAMBOOTH_PRESETS)
+    parser.add_argument("--class-prompt", help="prompt of the class images (default: 'a painting')")
+    parser.add_argument(
+        "--num-class-images",
+        type=int,
+        help="class images for prior preservation, 0 for none (default: the preset's: 0 quick, "
+        "200 gpu)",
+    )
+    parser.add_argument(
+        "--prior-loss-weight", type=float, help="weight of the class images' loss (default: 1)"
+    )
+    parser.add_argument(
+        "--save-unet", action="store_true", help="also write the fine-tuned UNet to OUTPUT/unet"
+    )
+    parser.set_defaults(run=_run_dreambooth)
+
+
 # ------------------------------------------------------------------------------------ scenarios
 
 
@@ -195,36 +273,14 @@ def _run_textual_inversion(args: argparse.Namespace) -> int:
     )
     if "{}" not in args.prompt:
         raise CommandError(f"--prompt must contain {{}} for the learned token, got {args.prompt!r}")
-    for value, name in (
-        (args.num_inference_steps, "--num-inference-steps"),
-        (args.num_images, "--num-images"),
-    ):
-        if value < 1:
-            raise CommandError(f"{name} must be at least 1, got {value}")
-    inputs = collect_inputs(args.inputs)
-    plan_outputs(inputs, args.output, "png")
+    _check_sampling(args)
 
     # 2. The training set: every readable image, all of one size.
-    loaded, failed = _read_all(inputs)
-    if not loaded:
-        raise CommandError("no readable input image to learn from", EXIT_FAILED)
-    sizes = {item.size for item in loaded}
-    if len(sizes) > 1:
-        listing = "; ".join(
-            f"{w}×{h}: {', '.join(i.path.name for i in loaded if i.size == (h, w))}"
-            for h, w in sorted(sizes)
-        )
-        raise CommandError(f"textual inversion needs images of one size, got {listing}")
-    images = torch.stack([item.pixels for item in loaded])
+    images, failed = _training_set(args, "textual inversion")
 
     # 3. The model; learning with a progress bar, then generation.
     model = load_model(args)
-    with tqdm(total=config.steps, unit="step", desc="textual inversion") as bar:
-
-        def on_step(step: int, steps: int, loss: float) -> None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}")
-
+    with _progress(config.steps, "textual inversion") as on_step:
         generated, token = textual_inversion(
             model,
             images,
@@ -240,18 +296,96 @@ def _run_textual_inversion(args: argparse.Namespace) -> int:
     # 4. Write the images and the embedding.
     args.output.mkdir(parents=True, exist_ok=True)
     token.save(args.output / "learned-embedding.safetensors")
-    for index, pixels in enumerate(generated):
-        path = args.output / f"textual-inversion-{index:03d}.png"
-        try:
-            write_png(path, pixels)
-        except ImageFileError as error:
-            failed.append(str(error))
-            print(f"error: {error}", file=sys.stderr)
-            continue
-        print(f"  {path}")
+    failed += _write_generated(args.output, "textual-inversion", generated)
     print(
-        f"learned {config.placeholder!r} from {len(loaded)} images in {config.steps} steps "
+        f"learned {config.placeholder!r} from {len(images)} images in {config.steps} steps "
         f"(final loss {token.losses[-1]:.4f}); wrote {args.num_images} images to {args.output}"
+    )
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _run_lora(args: argparse.Namespace) -> int:
+    # 1. Everything that can be checked without a model.
+    config = _scenario(
+        lambda: _overridden(
+            LORA_PRESETS[args.preset],
+            steps=args.train_steps,
+            learning_rate=args.learning_rate,
+            batch_size=args.batch_size,
+            instance_prompt=args.instance_prompt,
+            rank=args.rank,
+        )
+    )
+    _check_sampling(args)
+
+    # 2. The training set; 3. training and sampling.
+    images, failed = _training_set(args, "LoRA")
+    model = load_model(args)
+    with _progress(config.steps, "LoRA") as on_step:
+        generated, weights = lora(
+            model,
+            images,
+            config=config,
+            prompt=args.prompt,
+            num_images=args.num_images,
+            num_inference_steps=args.num_inference_steps,
+            guidance_scale=args.guidance_scale,
+            generator=torch.Generator().manual_seed(args.seed),
+            callback=on_step,
+        )
+
+    # 4. The images and the adapters.
+    args.output.mkdir(parents=True, exist_ok=True)
+    print(f"  {weights.save(args.output)}")
+    failed += _write_generated(args.output, "lora", generated)
+    print(
+        f"trained rank-{config.rank} LoRA on {len(images)} images in {config.steps} steps "
+        f"(final loss {weights.losses[-1]:.4f}); wrote {args.num_images} images to {args.output}"
+    )
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _run_dreambooth(args: argparse.Namespace) -> int:
+    # 1. Everything that can be checked without a model.
+    config = _scenario(
+        lambda: _overridden(
+            DREAMBOOTH_PRESETS[args.preset],
+            steps=args.train_steps,
+            learning_rate=args.learning_rate,
+            batch_size=args.batch_size,
+            instance_prompt=args.instance_prompt,
+            class_prompt=args.class_prompt,
+            num_class_images=args.num_class_images,
+            prior_loss_weight=args.prior_loss_weight,
+        )
+    )
+    _check_sampling(args)
+
+    # 2. The training set; 3. training and sampling.
+    images, failed = _training_set(args, "DreamBooth")
+    model = load_model(args)
+    with _progress(config.steps, "DreamBooth") as on_step:
+        generated, tuned = dreambooth(
+            model,
+            images,
+            config=config,
+            prompt=args.prompt,
+            num_images=args.num_images,
+            num_inference_steps=args.num_inference_steps,
+            guidance_scale=args.guidance_scale,
+            generator=torch.Generator().manual_seed(args.seed),
+            callback=on_step,
+        )
+
+    # 4. The images, and the UNet only when asked for (it is as large as the model's).
+    args.output.mkdir(parents=True, exist_ok=True)
+    if args.save_unet:
+        tuned.save(args.output / "unet")
+        print(f"  {args.output / 'unet'}")
+    failed += _write_generated(args.output, "dreambooth", generated)
+    print(
+        f"fine-tuned the UNet on {len(images)} images in {config.steps} steps "
+        f"(final loss {tuned.losses[-1]:.4f}); wrote {args.num_images} images to {args.output}"
     )
     return EXIT_FAILED if failed else EXIT_OK
 
@@ -300,6 +434,65 @@ def _run_per_file(args: argparse.Namespace, scenario: Scenario) -> int:
             print(f"error: {path}: {error}", file=sys.stderr)
     print(f"processed {len(inputs) - failures} of {len(inputs)} images into {args.output}")
     return EXIT_FAILED if failures else EXIT_OK
+
+
+def _overridden(preset, **settings):
+    """The ``preset`` configuration with the options that were given (not None) replaced."""
+    given = {name: value for name, value in settings.items() if value is not None}
+    return dataclasses.replace(preset, **given)
+
+
+def _check_sampling(args: argparse.Namespace) -> None:
+    for value, name in (
+        (args.num_inference_steps, "--num-inference-steps"),
+        (args.num_images, "--num-images"),
+    ):
+        if value < 1:
+            raise CommandError(f"{name} must be at least 1, got {value}")
+
+
+def _training_set(args: argparse.Namespace, what: str) -> tuple[torch.Tensor, list[str]]:
+    """(N, 3, H, W) of every readable input, which must share one size; the failures' messages."""
+    inputs = collect_inputs(args.inputs)
+    plan_outputs(inputs, args.output, "png")
+    loaded, failed = _read_all(inputs)
+    if not loaded:
+        raise CommandError("no readable input image to learn from", EXIT_FAILED)
+    sizes = {item.size for item in loaded}
+    if len(sizes) > 1:
+        listing = "; ".join(
+            f"{w}×{h}: {', '.join(i.path.name for i in loaded if i.size == (h, w))}"
+            for h, w in sorted(sizes)
+        )
+        raise CommandError(f"{what} needs images of one size, got {listing}")
+    return torch.stack([item.pixels for item in loaded]), failed
+
+
+@contextlib.contextmanager
+def _progress(steps: int, what: str):
+    """A progress bar over training steps; yields the training callback that advances it."""
+    with tqdm(total=steps, unit="step", desc=what) as bar:
+
+        def on_step(step: int, steps: int, loss: float) -> None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+
+        yield on_step
+
+
+def _write_generated(folder: Path, stem: str, generated: torch.Tensor) -> list[str]:
+    """Write (N, 3, H, W) as FOLDER/STEM-NNN.png; the messages of the files that failed."""
+    failed = []
+    for index, pixels in enumerate(generated):
+        path = folder / f"{stem}-{index:03d}.png"
+        try:
+            write_png(path, pixels)
+        except ImageFileError as error:
+            failed.append(str(error))
+            print(f"error: {error}", file=sys.stderr)
+            continue
+        print(f"  {path}")
+    return failed
 
 
 def _read_all(inputs: list[Path]) -> tuple[list[LoadedImage], list[str]]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import jinja2
 
+from ..mimicry import SCENARIOS
 from . import summary
 from .plots import write_sdedit_plots
 from .results import ResultsStore
@@ -129,13 +130,14 @@ def _image_grid(folder: Path, rows: list[dict], max_images: int) -> list[dict[st
     methods = summary.methods(visible)
     images = list(dict.fromkeys(row["image"] for row in visible))
     victim = next(iter(summary.victims(rows)), "")
-    # Textual inversion generates new images rather than one per input: not part of this grid.
+    # Set scenarios (textual inversion, LoRA, DreamBooth) generate new images rather than one
+    # per input: not part of this grid.
+    per_image = {name for name, scenario in SCENARIOS.items() if scenario.per_image}
     variants = list(
         dict.fromkeys(
             row["variant"]
             for row in rows
-            if row["scenario"] not in ("visibility", "textual-inversion")
-            and row["purifier"] == "none"
+            if row["scenario"] in per_image and row["purifier"] == "none"
         )
     )
     grid = []

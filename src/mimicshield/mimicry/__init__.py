@@ -10,6 +10,10 @@ comes only from the ``generator`` argument.
   ``MASKS`` (``center``, ``border``, ``strokes``) or a file;
 - ``textual_inversion``: ``learn_token`` then ``generate``, the token installed only inside
   ``installed_token``'s ``with`` block;
+- ``lora``: ``train_lora`` (adapters on the UNet's attention, installed only inside
+  ``installed_lora``'s ``with`` block) then ``sample_lora``; weights saved as diffusers saves them;
+- ``dreambooth``: ``train_dreambooth`` (a private copy of the UNet fine-tuned, optionally with
+  prior preservation) then ``sample_dreambooth``;
 - ``scenarios``: each of the above as a small frozen configuration with one ``run`` (``SCENARIOS``
   by name), what ``mimicshield mimic`` and ``mimicshield evaluate`` both run.
 """
@@ -17,11 +21,33 @@ comes only from the ``generator`` argument.
 from __future__ import annotations
 
 from ..models import one_step_timestep
+from .dreambooth import (
+    CLASS_PROMPT,
+    DREAMBOOTH_PRESETS,
+    DreamBoothConfig,
+    TunedUNet,
+    dreambooth,
+    sample_dreambooth,
+    train_dreambooth,
+)
 from .inpaint import inpaint, is_inpainting_model
+from .lora import (
+    INSTANCE_PROMPT,
+    LORA_PRESETS,
+    LORA_WEIGHTS_FILE,
+    LoRAConfig,
+    LoRAWeights,
+    installed_lora,
+    lora,
+    sample_lora,
+    train_lora,
+)
 from .masks import MASKS, border_mask, center_mask, strokes_mask
 from .scenarios import (
     SCENARIOS,
+    DreamBoothScenario,
     InpaintScenario,
+    LoRAScenario,
     Scenario,
     SDEditScenario,
     TextualInversionScenario,
@@ -40,8 +66,26 @@ from .textual_inversion import (
 )
 
 __all__ = [
+    "CLASS_PROMPT",
+    "DREAMBOOTH_PRESETS",
+    "INSTANCE_PROMPT",
+    "LORA_PRESETS",
+    "LORA_WEIGHTS_FILE",
     "MASKS",
     "SCENARIOS",
+    "DreamBoothConfig",
+    "DreamBoothScenario",
+    "LoRAConfig",
+    "LoRAScenario",
+    "LoRAWeights",
+    "TunedUNet",
+    "dreambooth",
+    "installed_lora",
+    "lora",
+    "sample_dreambooth",
+    "sample_lora",
+    "train_dreambooth",
+    "train_lora",
     "InpaintScenario",
     "Scenario",
     "SDEditScenario",

@@ -2,8 +2,9 @@
 
 A scenario turns a set of images (clean, or protected and purified) into mimicry outputs, keyed by
 *variant*: SDEdit yields one variant per strength (and per one-step reconstruction), inpainting
-one, textual inversion one set of generated images. Per-image scenarios return one output per
-input; set scenarios (textual inversion) return outputs that are compared as sets only.
+one, textual inversion, LoRA and DreamBooth one set of generated images each. Per-image
+scenarios return one output per input; set scenarios (those that learn from the whole set) return
+generated images that are compared as sets only.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import torch
 
 from ..models import LatentDiffusion
 from ..tensors import check_guidance, check_positive, check_strength
+from .dreambooth import DreamBoothConfig, dreambooth
 from .inpaint import inpaint
+from .lora import LoRAConfig, lora
 from .masks import MASKS
 from .sdedit import one_step_reconstruction, sdedit
 from .textual_inversion import TextualInversionConfig
@@ -188,9 +191,111 @@ class TextualInversionScenario:
         return {"textual-inversion": generated}
 
 
-Scenario = SDEditScenario | InpaintScenario | TextualInversionScenario
+@dataclass(frozen=True)
+class LoRAScenario:
+    """Fine-tune LoRA adapters on the whole set, then generate ``num_images`` with them."""
+
+    name: ClassVar[str] = "lora"
+    per_image: ClassVar[bool] = False
+
+    config: LoRAConfig = LoRAConfig()
+    num_images: int = 4
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+
+    def __post_init__(self) -> None:
+        check_positive(self.num_images, "num_images")
+        check_positive(self.num_inference_steps, "num_inference_steps")
+        check_guidance(self.guidance_scale)
+
+    def variants(self) -> list[str]:
+        """The names of this scenario's outputs, as files and result rows use them."""
+        return ["lora"]
+
+    def run(
+        self,
+        model: LatentDiffusion,
+        images: torch.Tensor,
+        *,
+        prompt: str,
+        generator: torch.Generator,
+    ) -> dict[str, torch.Tensor]:
+        """Mimic ``images`` (B, 3, H, W) in [0, 1] with ``model``: variant → outputs.
+
+        Generates from the instance prompt the adapters learned (``prompt``, the evaluation's
+        description of the images, is not the imitator's). ``generator`` is the only randomness;
+        same seed → same outputs.
+        """
+        generated, _ = lora(
+            model,
+            images,
+            config=self.config,
+            num_images=self.num_images,
+            num_inference_steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale,
+            generator=generator,
+        )
+        return {"lora": generated}
+
+
+@dataclass(frozen=True)
+class DreamBoothScenario:
+    """Fine-tune a UNet copy on the whole set (DreamBooth), then generate ``num_images``."""
+
+    name: ClassVar[str] = "dreambooth"
+    per_image: ClassVar[bool] = False
+
+    config: DreamBoothConfig = DreamBoothConfig()
+    num_images: int = 4
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+
+    def __post_init__(self) -> None:
+        check_positive(self.num_images, "num_images")
+        check_positive(self.num_inference_steps, "num_inference_steps")
+        check_guidance(self.guidance_scale)
+
+    def variants(self) -> list[str]:
+        """The names of this scenario's outputs, as files and result rows use them."""
+        return ["dreambooth"]
+
+    def run(
+        self,
+        model: LatentDiffusion,
+        images: torch.Tensor,
+        *,
+        prompt: str,
+        generator: torch.Generator,
+    ) -> dict[str, torch.Tensor]:
+        """Mimic ``images`` (B, 3, H, W) in [0, 1] with ``model``: variant → outputs.
+
+        Generates from the instance prompt the UNet learned (``prompt``, the evaluation's
+        description of the images, is not the imitator's). ``generator`` is the only randomness;
+        same seed → same outputs.
+        """
+        generated, _ = dreambooth(
+            model,
+            images,
+            config=self.config,
+            num_images=self.num_images,
+            num_inference_steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale,
+            generator=generator,
+        )
+        return {"dreambooth": generated}
+
+
+Scenario = (
+    SDEditScenario | InpaintScenario | TextualInversionScenario | LoRAScenario | DreamBoothScenario
+)
 
 SCENARIOS: dict[str, type[Scenario]] = {
     scenario.name: scenario
-    for scenario in (SDEditScenario, InpaintScenario, TextualInversionScenario)
+    for scenario in (
+        SDEditScenario,
+        InpaintScenario,
+        TextualInversionScenario,
+        LoRAScenario,
+        DreamBoothScenario,
+    )
 }

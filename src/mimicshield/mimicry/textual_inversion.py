@@ -23,14 +23,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
 from safetensors.torch import save_file
 from torch import nn
 
 from ..models import LatentDiffusion
 from ..objectives import StepNoise, denoising_loss
-from ..tensors import check_guidance, check_images, check_positive, pad_to_multiple, randint
-from ._common import build_pipeline
+from ..tensors import check_images, check_positive, pad_to_multiple, randint
+from ._common import text_to_image
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -308,40 +307,21 @@ def generate(
     Returns:
         (num_images, 3, height, width) float32 in [0, 1] on the model's device.
     """
-    # 1. Check the inputs and the size the pipeline can make.
     if "{}" not in prompt:
         raise ValueError(f"prompt must contain '{{}}' where the learned token goes, got {prompt!r}")
-    check_positive(num_images, "num_images")
-    check_positive(height, "height")
-    check_positive(width, "width")
-    check_positive(num_inference_steps, "num_inference_steps")
-    check_guidance(guidance_scale)
-    multiple = max(8, model.vae_scale_factor)
-
-    size = (height + -height % multiple, width + -width % multiple)
-    inputs = {
-        "prompt": [prompt.format(token.placeholder)] * num_images,
-        "height": size[0],
-        "width": size[1],
-        "num_inference_steps": num_inference_steps,
-        "guidance_scale": guidance_scale,
-        "generator": generator,
-        "output_type": "pt",
-    }
-    pipeline_class = StableDiffusionPipeline
-    if model.is_inpainting:
-        # An inpainting model generates from scratch when told to repaint a whole grey image.
-        pipeline_class = StableDiffusionInpaintPipeline
-        grey = torch.full((num_images, 3, *size), 0.5, device=model.device)
-        inputs |= {"image": grey, "mask_image": torch.ones_like(grey[:, :1]), "strength": 1.0}
-
-    # 2. Install the token only for the pipeline call, with a pipeline over the same parts.
+    # The token is installed only for the pipeline call, with a pipeline over the same parts.
     with model.frozen(), installed_token(model, token.placeholder, token.embedding) as installed:
-        pipeline = build_pipeline(pipeline_class, model, tokenizer=installed.tokenizer)
-        images = pipeline(**inputs).images
-
-    # 3. Crop to the size asked for.
-    return images[..., :height, :width].float().clamp(0, 1)
+        return text_to_image(
+            model,
+            prompt.format(token.placeholder),
+            num_images=num_images,
+            height=height,
+            width=width,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            generator=generator,
+            tokenizer=installed.tokenizer,
+        )
 
 
 def textual_inversion(
