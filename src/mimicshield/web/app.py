@@ -320,7 +320,8 @@ def build_app(settings: ServeSettings, folders: JobFolders) -> gr.Blocks:
             folders.release(request.session_hash)
             cancellations.forget(request.session_hash)
 
-        preset.change(choose_preset, preset, [eps, steps], queue=False)
+        # .input, not .change: only the user's choice resets ε and steps, never a late page event.
+        preset.input(choose_preset, preset, [eps, steps], queue=False)
         protect.click(queue_job, None, status, queue=False).then(
             protect_uploads,
             [uploads, preset, method, eps, steps, prompt],
