@@ -14,6 +14,7 @@ from ..imagefiles import (
     DEFAULT_JPEG_QUALITY,
     DEFAULT_MAX_PIXELS,
     OUTPUT_FORMATS,
+    check_output_settings,
     read_image,
     read_mask,
 )
@@ -183,8 +184,10 @@ def run(args: argparse.Namespace) -> int:
     inputs = collect_inputs(args.inputs)
     image_format = None if args.format == "auto" else args.format
     plan_outputs(inputs, args.output, image_format)  # refuses an output folder that holds inputs
-    if not 1 <= args.quality <= 100:
-        raise CommandError(f"--quality must lie in 1-100, got {args.quality}")
+    try:
+        check_output_settings(image_format, args.quality)
+    except ValueError as error:
+        raise CommandError(f"--quality: {error}") from None
     method = _method(args)
     options = RunOptions(
         seed=args.seed,
