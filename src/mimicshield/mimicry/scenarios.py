@@ -9,6 +9,7 @@ generated images that are compared as sets only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -192,13 +193,18 @@ class TextualInversionScenario:
 
 
 @dataclass(frozen=True)
-class LoRAScenario:
-    """Fine-tune LoRA adapters on the whole set, then generate ``num_images`` with them."""
+class _FineTuningScenario:
+    """Fine-tune on the whole set, then generate ``num_images`` with what was learned.
 
-    name: ClassVar[str] = "lora"
+    Subclasses name the scenario, type ``config`` and give the library function that trains and
+    samples (``lora`` or ``dreambooth``).
+    """
+
+    name: ClassVar[str]
     per_image: ClassVar[bool] = False
+    train_and_generate: ClassVar[Callable[..., tuple[torch.Tensor, object]]]
 
-    config: LoRAConfig = LoRAConfig()
+    config: object = None
     num_images: int = 4
     num_inference_steps: int = 50
     guidance_scale: float = 7.5
@@ -210,7 +216,7 @@ class LoRAScenario:
 
     def variants(self) -> list[str]:
         """The names of this scenario's outputs, as files and result rows use them."""
-        return ["lora"]
+        return [self.name]
 
     def run(
         self,
@@ -222,11 +228,11 @@ class LoRAScenario:
     ) -> dict[str, torch.Tensor]:
         """Mimic ``images`` (B, 3, H, W) in [0, 1] with ``model``: variant → outputs.
 
-        Generates from the instance prompt the adapters learned (``prompt``, the evaluation's
+        Generates from the instance prompt the model learned (``prompt``, the evaluation's
         description of the images, is not the imitator's). ``generator`` is the only randomness;
         same seed → same outputs.
         """
-        generated, _ = lora(
+        generated, _ = type(self).train_and_generate(
             model,
             images,
             config=self.config,
@@ -235,54 +241,29 @@ class LoRAScenario:
             guidance_scale=self.guidance_scale,
             generator=generator,
         )
-        return {"lora": generated}
+        return {self.name: generated}
 
 
 @dataclass(frozen=True)
-class DreamBoothScenario:
+class LoRAScenario(_FineTuningScenario):
+    """Fine-tune LoRA adapters on the whole set, then generate ``num_images`` with them."""
+
+    name: ClassVar[str] = "lora"
+    train_and_generate: ClassVar[Callable[..., tuple[torch.Tensor, object]]] = staticmethod(lora)
+
+    config: LoRAConfig = LoRAConfig()
+
+
+@dataclass(frozen=True)
+class DreamBoothScenario(_FineTuningScenario):
     """Fine-tune a UNet copy on the whole set (DreamBooth), then generate ``num_images``."""
 
     name: ClassVar[str] = "dreambooth"
-    per_image: ClassVar[bool] = False
+    train_and_generate: ClassVar[Callable[..., tuple[torch.Tensor, object]]] = staticmethod(
+        dreambooth
+    )
 
     config: DreamBoothConfig = DreamBoothConfig()
-    num_images: int = 4
-    num_inference_steps: int = 50
-    guidance_scale: float = 7.5
-
-    def __post_init__(self) -> None:
-        check_positive(self.num_images, "num_images")
-        check_positive(self.num_inference_steps, "num_inference_steps")
-        check_guidance(self.guidance_scale)
-
-    def variants(self) -> list[str]:
-        """The names of this scenario's outputs, as files and result rows use them."""
-        return ["dreambooth"]
-
-    def run(
-        self,
-        model: LatentDiffusion,
-        images: torch.Tensor,
-        *,
-        prompt: str,
-        generator: torch.Generator,
-    ) -> dict[str, torch.Tensor]:
-        """Mimic ``images`` (B, 3, H, W) in [0, 1] with ``model``: variant → outputs.
-
-        Generates from the instance prompt the UNet learned (``prompt``, the evaluation's
-        description of the images, is not the imitator's). ``generator`` is the only randomness;
-        same seed → same outputs.
-        """
-        generated, _ = dreambooth(
-            model,
-            images,
-            config=self.config,
-            num_images=self.num_images,
-            num_inference_steps=self.num_inference_steps,
-            guidance_scale=self.guidance_scale,
-            generator=generator,
-        )
-        return {"dreambooth": generated}
 
 
 Scenario = (
