@@ -170,27 +170,11 @@ def test_rerun_skips_finished_images_and_redoes_changed_ones(
     five_images, tmp_path, tiny_model_dir, capsys, arguments
 ):
     out = tmp_path / "out"
-    assert (
-        main(
-            arguments(
-                five_images,
-                out,
-            )
-        )
-        == 0
-    )
+    assert main(arguments(five_images, out)) == 0
     first = {path.name: path.stat().st_mtime_ns for path in out.glob("*.png")}
     _picture(five_images / "p2.png", 99)  # one input edited since
     capsys.readouterr()
-    assert (
-        main(
-            arguments(
-                five_images,
-                out,
-            )
-        )
-        == 0
-    )
+    assert main(arguments(five_images, out)) == 0
     assert "4 reused from earlier runs" in capsys.readouterr().out
     second = {path.name: path.stat().st_mtime_ns for path in out.glob("*.png")}
     assert {name for name in first if first[name] != second[name]} == {"p2.png"}
@@ -214,15 +198,7 @@ def test_two_processes_split_the_work_and_merge_one_record(
 ):
     """`accelerate launch` on CPU (torchrun-style launcher), 2 processes, against one process."""
     single, double = tmp_path / "single", tmp_path / "double"
-    assert (
-        main(
-            arguments(
-                five_images,
-                single,
-            )
-        )
-        == 0
-    )
+    assert main(arguments(five_images, single)) == 0
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     launch = [
         sys.executable,
@@ -243,11 +219,7 @@ def test_two_processes_split_the_work_and_merge_one_record(
         "mimicshield",
     ]
     completed = subprocess.run(
-        launch
-        + arguments(
-            five_images,
-            double,
-        ),
+        launch + arguments(five_images, double),
         env=env,
         cwd=REPO,
         capture_output=True,
