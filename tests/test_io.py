@@ -315,6 +315,30 @@ def test_multi_page_tiff_keeps_every_page(tmp_path):
     assert torch.equal(read_image(tmp_path / "out.tiff").frames, loaded.frames)
 
 
+def test_multi_picture_jpeg_gives_its_primary_picture_only(tmp_path, caplog):
+    # What phones write: the photo, then an HDR gain map at a quarter of its size.
+    photo, gain_map = _frames(2, size=(48, 40))
+    path = _save(
+        tmp_path / "phone.jpg",
+        photo,
+        format="MPO",
+        save_all=True,
+        append_images=[gain_map.resize((24, 20))],
+    )
+    with Image.open(path) as opened:
+        assert opened.format == "MPO" and opened.n_frames == 2
+        primary = torch.from_numpy(np.array(opened.convert("RGB"))).permute(2, 0, 1) / 255
+    with caplog.at_level("WARNING", logger="mimicshield.imagefiles"):
+        loaded = read_image(path)
+    assert loaded.frame_count == 1 and loaded.animation is None and loaded.lossy
+    assert torch.equal(loaded.frames[0], primary)
+    assert "phone.jpg" in caplog.text and "only the primary one" in caplog.text
+    plan = _identity_write(loaded, tmp_path / "out.png")
+    assert plan.image_format == "png"
+    with Image.open(tmp_path / "out.png") as written:
+        assert getattr(written, "n_frames", 1) == 1 and written.size == (48, 40)
+
+
 def test_sixteen_bit_gray_png_stays_sixteen_bit_gray(tmp_path):
     values = (np.arange(20 * 24, dtype=np.uint32).reshape(20, 24) * 137 % 65536).astype(np.uint16)
     loaded = read_image(_save(tmp_path / "g16.png", Image.fromarray(values)))

@@ -12,6 +12,8 @@ What each input becomes by default (``default_output_format``): lossless files k
 lossy WebP (a lossy file would not hold the budget), BMP, and GIF, whose 256-colour palette cannot
 hold a protection's fine colour changes (animated GIFs become animated PNGs). 16-bit colour needs
 TIFF: Pillow cannot write 16-bit colour PNG, so a 16-bit colour PNG becomes a 16-bit TIFF.
+A multi-picture JPEG (MPO: phones store HDR gain maps and previews this way, stereo cameras a
+second view) gives its primary picture only; the others are not protected and not kept.
 """
 
 from __future__ import annotations
@@ -339,7 +341,7 @@ def _load(opened: Image.Image, path: Path) -> LoadedImage:
     mode, lossy, sixteen_colour = opened.mode, _is_lossy(opened), _sixteen_bit_colour(opened)
     images, lows, durations, disposals = [], [], [], []
     metadata = Metadata()
-    for index in range(getattr(opened, "n_frames", 1)):
+    for index in range(_pictures_to_read(opened, path)):
         opened.seek(index)
         frame = ImageOps.exif_transpose(opened)  # a loaded copy, orientation applied
         if index == 0:
@@ -374,6 +376,25 @@ def _load(opened: Image.Image, path: Path) -> LoadedImage:
         if animated
         else None,
     )
+
+
+def _pictures_to_read(opened: Image.Image, path: Path) -> int:
+    """How many frames or pages of ``opened`` to decode: all, except for an MPO (see above).
+
+    An MPO's further pictures are no frames of one image: an HDR gain map or a preview (often
+    at another size) or the second view of a stereo pair; protecting them as an animation
+    would make a phone photo unreadable or a moving picture.
+    """
+    count = getattr(opened, "n_frames", 1)
+    if opened.format == "MPO" and count > 1:
+        logger.warning(
+            "%s: a multi-picture JPEG (MPO) with %d pictures; only the primary one is protected "
+            "and written, the others (gain map, preview or second view) are left out",
+            path,
+            count,
+        )
+        return 1
+    return count
 
 
 def _metadata(opened: Image.Image, first: Image.Image) -> Metadata:
