@@ -99,9 +99,11 @@ def test_exif_orientation_is_applied_and_exif_and_icc_are_kept(tmp_path):
         exif=exif,
         icc_profile=icc,
         quality=95,
+        dpi=(300, 72),
     )
     loaded = read_image(path)
     assert loaded.size == (24, 20)  # displayed: width and height swapped
+    assert loaded.metadata.dpi == (72.0, 300.0)  # and so are the horizontal and vertical DPI
     write_image(tmp_path / "o.png", (loaded.pixels * 255).round().byte(), loaded)
     with Image.open(tmp_path / "o.png") as written:
         assert written.info.get("icc_profile") == icc

@@ -69,6 +69,9 @@ _WRITABLE_KINDS = {
     "jpeg": {"exif", "icc_profile", "xmp", "dpi"},
 }
 _PNG_XMP_KEY = "XML:com.adobe.xmp"
+_EXIF_ORIENTATION = 0x0112
+#: EXIF orientations that turn the picture by a quarter (transpose, 90°, transverse, 270°).
+_QUARTER_TURNS = {5, 6, 7, 8}
 _TIFF_XMP_TAG = 700
 
 
@@ -407,6 +410,8 @@ def _metadata(opened: Image.Image, first: Image.Image) -> Metadata:
         if key != _PNG_XMP_KEY  # the XMP packet, carried as XMP
     }
     dpi = first.info.get("dpi")
+    if dpi and opened.getexif().get(_EXIF_ORIENTATION) in _QUARTER_TURNS:
+        dpi = (dpi[1], dpi[0])  # the pixels were turned a quarter: width and height swapped
     return Metadata(
         exif=tags.tobytes() if len(tags) else None,
         icc_profile=None if opened.mode == "CMYK" else first.info.get("icc_profile") or None,
