@@ -102,8 +102,6 @@ class MemoryPlan:
     Attributes:
         batch_size: images protected together.
         dtype: network precision (``fp32``, ``bf16``, ``fp16``).
-        attention_slicing, vae_tiling: not chosen by the planner (see the module docstring);
-            recorded so that a record says what ran.
         estimated_bytes: estimated peak of one step, weights included.
         budget_bytes: the budget it was fitted into.
     """
@@ -112,16 +110,12 @@ class MemoryPlan:
     dtype: str
     estimated_bytes: int
     budget_bytes: int
-    attention_slicing: bool = False
-    vae_tiling: bool = False
 
     def as_record(self) -> dict[str, object]:
         """The plan for the run's record, byte counts in GiB rounded to 3 decimals."""
         return {
             "batch_size": self.batch_size,
             "dtype": self.dtype,
-            "attention_slicing": self.attention_slicing,
-            "vae_tiling": self.vae_tiling,
             "estimated_gib": round(self.estimated_bytes / GIB, 3),
             "budget_gib": round(self.budget_bytes / GIB, 3),
         }
