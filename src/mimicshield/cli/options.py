@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..models import DEFAULT_MODEL, DTYPES, LatentDiffusion, ModelUnavailableError
+from ..models import DEFAULT_MODEL, DTYPES, LatentDiffusion, ModelUnavailableError, model_notes
 from ..runtime.memory import AUTO_MAX_BATCH, parse_memory
 
 #: Exit codes: all done; some work failed (a file, a missing model); the command line was wrong.
@@ -70,22 +70,6 @@ def add_model_options(parser: argparse.ArgumentParser, *, auto_dtype: bool = Fal
     group.add_argument(
         "--dtype", default="fp32", choices=sorted(DTYPES), help="weights' precision (default: fp32)"
     )
-
-
-def model_notes(model: LatentDiffusion) -> list[str]:
-    """What a user must know about the model before trusting any result: random or miniature."""
-    if model.random_weights:
-        return [
-            f"model '{model.name}' has RANDOM weights: this run exercises the code path and "
-            "protects against nothing real."
-        ]
-    if model.name == "mini":
-        return [
-            "model 'mini' is a miniature trained here on a few thousand small images for "
-            "demonstration; it is not Stable Diffusion and results against it say nothing about "
-            "real models."
-        ]
-    return []
 
 
 def load_model(args: argparse.Namespace, *, device=None, dtype: str | None = None):

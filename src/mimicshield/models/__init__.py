@@ -27,6 +27,7 @@ from .latent_diffusion import (
     MINI_MODEL_DIR,
     RANDOM_MODELS,
     LatentDiffusion,
+    model_notes,
     one_step_timestep,
 )
 
@@ -42,6 +43,7 @@ __all__ = [
     "default_dtypes",
     "devices",
     "dtype_name",
+    "model_notes",
     "one_step_timestep",
     "resolve_device",
     "resolve_dtype",

@@ -412,6 +412,22 @@ class LatentDiffusion:
         return alpha, sigma
 
 
+def model_notes(model: LatentDiffusion) -> list[str]:
+    """What a user must know about the model before trusting any result: random or miniature."""
+    if model.random_weights:
+        return [
+            f"model '{model.name}' has RANDOM weights: this run exercises the code path and "
+            "protects against nothing real."
+        ]
+    if model.name == "mini":
+        return [
+            "model 'mini' is a miniature trained here on a few thousand small images for "
+            "demonstration; it is not Stable Diffusion and results against it say nothing about "
+            "real models."
+        ]
+    return []
+
+
 def one_step_timestep(strength: float, num_train_timesteps: int = 1000) -> int:
     """The timestep of a one-jump noising at ``strength``: s·T counted from 1, i.e. round(s·T) − 1.
 

@@ -25,10 +25,9 @@ from pathlib import Path
 import gradio as gr
 
 from .. import METHODS, Budget, BudgetError, LatentDiffusion, ModelUnavailableError, RunOptions
-from ..cli.options import model_notes
 from ..imagefiles import ImageFileError
 from ..methods import TargetedMethod
-from ..models import default_dtypes, resolve_device
+from ..models import default_dtypes, model_notes, resolve_device
 from ..runtime import MemoryPlanError, SpeedOptions
 from . import views
 from .jobs import (
