@@ -191,7 +191,6 @@ def write_study(
         .get_template(TEMPLATE)
         .render(
             trials=len(trials),
-            study=study_id,
             # "<" escaped, so no text inside the JSON can close the script element.
             data=markupsafe.Markup(json.dumps(data).replace("<", "\\u003c")),
         )
