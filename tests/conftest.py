@@ -1,6 +1,7 @@
 """Shared fixtures: tiny models, picture folders, a CLI runner, digests, generators, counters.
 
-The tiny models are saved once per session and loaded back through the real loader.
+The tiny models are saved once per session and loaded back through the real loader; one headless
+Chromium serves every browser check of the session.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import shutil
 import struct
 import zlib
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # no test may reach a model hub
 
@@ -208,3 +210,78 @@ def png_declaring():
         return path
 
     return write
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """The one headless Chromium of the session (Debian's, driven by Playwright).
+
+    Started by the first test that asks for it; each test opens its own context (cookies,
+    storage and downloads of their own) and closes it.
+    """
+    playwright_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed: pip install -e .[test]"
+    )
+    if not Path(CHROMIUM).exists():
+        pytest.skip(
+            f"no Chromium at {CHROMIUM}: `make test` installs it (apt-get install chromium)"
+        )
+    with playwright_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def evaluation_folder(tmp_path):
+    """evaluation_folder(methods, images, variants, size=(12, 10)) → (folder, rows).
+
+    What ``mimicshield evaluate`` leaves for the human study, without running it: a random PNG
+    per clean image (``clean/<image>.png``), protected image (``protected/<method>/``) and
+    unpurified SDEdit output of victim ``tiny`` (``mimicry/tiny/<method>/none/<variant>/``),
+    and the result rows that name them (one visibility row per method and image, one mimicry
+    row per method, variant and image). Every file's pixels differ.
+    """
+
+    def make(methods, images, variants, size=(12, 10)):
+        folder = tmp_path / "evaluation"
+        rng = np.random.default_rng(0)
+
+        def picture(relative: str) -> None:
+            path = folder / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(path)
+
+        rows = []
+        for image in images:
+            picture(f"clean/{image}.png")
+            for method in methods:
+                picture(f"protected/{method}/{image}.png")
+                rows.append(
+                    {"method": method, "purifier": "none", "scenario": "visibility",
+                     "variant": "protected", "victim": "", "baseline": "clean", "image": image}
+                )  # fmt: skip
+                for variant in variants:
+                    picture(f"mimicry/tiny/{method}/none/{variant}/{image}.png")
+                    rows.append(
+                        {"method": method, "purifier": "none", "scenario": "sdedit",
+                         "variant": variant, "victim": "tiny", "baseline": "purified-clean",
+                         "image": image}
+                    )  # fmt: skip
+        return folder, rows
+
+    return make

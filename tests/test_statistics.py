@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mimicshield.evaluation.statistics import Estimate, bootstrap_mean, paired_difference
+from mimicshield.evaluation.statistics import (
+    Estimate,
+    bootstrap_mean,
+    clustered_proportion,
+    paired_difference,
+    wilson_interval,
+)
 
 
 def test_the_interval_of_a_constant_is_a_point():
@@ -57,3 +63,53 @@ def test_fewer_than_the_minimum_images_never_claim_a_difference():
     assert not few.covers_zero and few.too_few and few.inconclusive
     enough = paired_difference([1.0, 2.0, 3.0, 2.0, 1.5], [0.0] * 5)
     assert not enough.too_few and not enough.inconclusive
+
+
+# ---------------------------------------------------------------- shares of two-choice answers
+
+
+@pytest.mark.parametrize("successes, trials", [(0, 1), (1, 1), (0, 7), (3, 7), (8, 10), (55, 60)])
+def test_the_wilson_interval_is_scipys(successes, trials):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    reference = scipy_stats.binomtest(successes, trials).proportion_ci(0.95, method="wilson")
+    low, high = wilson_interval(successes, trials)
+    assert (low, high) == pytest.approx((reference.low, reference.high), abs=1e-12)
+    assert 0 <= low <= successes / trials <= high <= 1
+    with pytest.raises(ValueError, match="3/2"):
+        wilson_interval(3, 2)
+
+
+def test_a_clustered_share_pools_answers_and_never_claims_more_than_wilson():
+    counts = [(8, 10), (2, 10), (9, 10), (5, 10), (7, 12), (0, 0)]  # the last answered nothing
+    share = clustered_proportion(counts)
+    assert share.mean == pytest.approx(31 / 52) and share.count == 52 and share.participants == 5
+    low, high = wilson_interval(31, 52)
+    assert share.low <= low and high <= share.high and 0 <= share.low and share.high <= 1
+    # Unanimous answers keep a width (the Wilson floor); a bootstrap alone would give [1, 1].
+    unanimous = clustered_proportion([(10, 10)] * 6)
+    assert unanimous.mean == unanimous.high == 1 and unanimous.low < 0.95
+    assert not unanimous.inconclusive and clustered_proportion([(5, 5)] * 4).too_few
+    assert clustered_proportion([]) is None and clustered_proportion([(0, 0)]) is None
+
+
+def test_a_clustered_share_narrows_with_more_participants():
+    counts = [(8, 10), (2, 10), (9, 10), (5, 10), (7, 10), (6, 10)]
+    few, many = clustered_proportion(counts), clustered_proportion(counts * 4)
+    assert few.mean == many.mean and few.low <= few.mean <= few.high
+    assert many.high - many.low < few.high - few.low
+
+
+def test_resampling_participants_covers_the_truth_when_participants_disagree():
+    # Each of 20 people prefers option one with a probability of their own (uniform on [0, 1],
+    # mean 1/2) and answers 20 trials: their answers are correlated. The Wilson interval, which
+    # takes the 400 answers as independent, is far too narrow; resampling people is not.
+    rng = np.random.default_rng(0)
+    simulations, covered, covered_wilson = 200, 0, 0
+    for simulation in range(simulations):
+        chosen = rng.binomial(20, rng.uniform(size=20))
+        share = clustered_proportion([(int(c), 20) for c in chosen], resamples=500, seed=simulation)
+        low, high = wilson_interval(int(chosen.sum()), 400)
+        covered += share.low <= 0.5 <= share.high
+        covered_wilson += low <= 0.5 <= high
+    assert 0.88 <= covered / simulations <= 0.99
+    assert covered_wilson / simulations < 0.75

@@ -1,7 +1,11 @@
-"""The web page: its plain parts without a browser, then the page itself in Debian's Chromium.
+"""The web pages: mimicshield serve's page, then the human-study page, in Debian's Chromium.
 
-The browser checks share one server (``mimicshield serve`` in a subprocess, on the tiny random
-model) and one headless Chromium driven by Playwright, both module-scoped to keep time down.
+First the served page's plain parts without a browser, then the page itself; last, the
+human-study page opened from disk.
+
+The served page's checks share one server (``mimicshield serve`` in a subprocess, on the tiny
+random model, module-scoped to keep time down); every browser check uses the session's one
+headless Chromium (``browser`` in conftest.py).
 """
 
 from __future__ import annotations
@@ -23,19 +27,16 @@ import torch
 from PIL import Image
 
 from mimicshield import METHODS, Budget, RunOptions
+from mimicshield.evaluation import (
+    StudyOptions,
+    answer_files,
+    read_answers,
+    read_study,
+    write_study,
+)
+from mimicshield.evaluation.human_study import ANSWER_FIELDS, ANSWERS_FIELDS
 from mimicshield.web import jobs, presets, views
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
@@ -242,25 +243,14 @@ def server(tiny_model_dir):
 
 
 @pytest.fixture(scope="module")
-def page(server):
-    """One headless Chromium page for every browser check."""
-    playwright_api = pytest.importorskip(
-        "playwright.sync_api", reason="playwright is not installed: pip install -e .[test]"
-    )
-    if not Path(CHROMIUM).exists():
-        pytest.skip(
-            f"no Chromium at {CHROMIUM}: `make test` installs it (apt-get install chromium)"
-        )
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(
-            accept_downloads=True, viewport={"width": 1280, "height": 900}
-        )
-        page = context.new_page()
-        page.set_default_timeout(60_000)
-        page.goto(server[0])
-        yield page
-        browser.close()
+def page(browser, server):
+    """One page of the session's Chromium for every check of the served page."""
+    context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(server[0])
+    yield page
+    context.close()
 
 
 def unnamed_controls(page) -> list[str]:
@@ -358,3 +348,130 @@ def test_too_many_files_are_refused_in_the_page(page, server, smooth_picture, tm
     page.locator("#protect").click()
     page.locator("#status").get_by_text("4 files were given").wait_for()
     assert page.locator("#downloads a").count() == 0
+
+
+# ---------------------------------------------------------------- the human-study page
+
+
+def _mulberry32(seed: int):
+    """The page's seeded generator, written again in Python (unsigned 32-bit arithmetic)."""
+    state = seed & 0xFFFFFFFF
+
+    def imul(a: int, b: int) -> int:
+        return (a * b) & 0xFFFFFFFF
+
+    def draw() -> float:
+        nonlocal state
+        state = (state + 0x6D2B79F5) & 0xFFFFFFFF
+        t = imul(state ^ (state >> 15), state | 1)
+        t ^= (t + imul(t ^ (t >> 7), t | 61)) & 0xFFFFFFFF
+        return (t ^ (t >> 14)) / 4294967296
+
+    return draw
+
+
+def _order_and_sides(seed: int, trial_ids: list[str]) -> tuple[list[str], list[str]]:
+    """The trial order and the option shown left, as the page derives them from ``seed``."""
+    draw, order = _mulberry32(seed), list(trial_ids)
+    for i in range(len(order) - 1, 0, -1):
+        j = int(draw() * (i + 1))
+        order[i], order[j] = order[j], order[i]
+    return order, ["a" if draw() < 0.5 else "b" for _ in order]
+
+
+def test_the_human_study_page_in_the_browser(browser, evaluation_folder, tmp_path, capsys):
+    folder, rows = evaluation_folder(("sds-", "advdm", "noise"), ["cat", "dog"], ["sdedit@0.3"])
+    key = write_study(folder, rows, StudyOptions()).study  # 12 trials: 3 pairs × 2 images × 2
+    context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 900})
+    requests, errors = [], []
+    context.on("request", lambda request: requests.append(request.url))
+    page = context.new_page()
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.set_default_timeout(20_000)
+    ready = page.locator("#choose-left:not([disabled])")
+    sides = []
+
+    def answer(side: str, keyboard: bool = False) -> None:
+        ready.wait_for()
+        if keyboard:
+            page.keyboard.press("ArrowLeft" if side == "left" else "ArrowRight")
+        else:
+            page.locator(f"#choose-{side}").click()
+        sides.append(side)
+
+    try:
+        # 1. Opened from disk; no start without a participant id.
+        page.goto((folder / "human-study.html").as_uri())
+        page.locator("#begin").click()
+        assert "participant id" in page.locator("#start-error").inner_text()
+        page.locator("#participant").fill("P 01")
+        page.locator("#participant").press("Enter")
+
+        # 2. Three answers, by mouse and by keyboard; the pictures are on screen, sharp.
+        answer("left")
+        answer("right", keyboard=True)
+        answer("left")
+        ready.wait_for()
+        assert page.locator("#progress-text").inner_text() == "Pair 4 of 12"
+        # Enlarged by a whole factor (pixels stay sharp), every picture within the window.
+        shown = page.evaluate(
+            "[...document.querySelectorAll('#pair img')].filter((i) => i.offsetParent)"
+            ".map((i) => [i.naturalWidth, i.getBoundingClientRect().toJSON()])"
+        )
+        assert len(shown) in (2, 3)
+        for natural, box in shown:
+            assert natural == 12 and box["width"] % 12 == 0 and box["width"] >= 12 * 20
+            assert box["left"] >= 0 and box["right"] <= 1280 and box["bottom"] <= 900
+        assert unnamed_controls(page) == []
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=ARTIFACTS / "human-study.png")
+
+        # 3. A reload resumes where it stopped, for the same participant.
+        page.reload()
+        ready.wait_for()
+        assert page.locator("#progress-text").inner_text() == "Pair 4 of 12"
+        assert page.locator("#start").is_hidden() and "P 01" in page.locator("#who").inner_text()
+
+        # 4. The rest, the end, and the answers downloaded as the browser saves them.
+        for index in range(9):
+            answer("right" if index % 3 else "left")
+        page.locator("#done").wait_for()
+        with page.expect_download() as download:
+            page.locator("#download").click()
+        assert download.value.suggested_filename == f"answers-{key.id[:8]}-P_01.json"
+        saved = tmp_path / "answers" / download.value.suggested_filename
+        download.value.save_as(saved)
+
+        # 5. A new participant starts afresh once the dialog is confirmed.
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.locator("#new-participant").click()
+        page.locator("#start").wait_for()
+        page.reload()
+        page.locator("#start").wait_for()
+    finally:
+        context.close()
+
+    assert errors == []
+    assert all(url.startswith(("file:", "data:", "blob:")) for url in requests), requests
+    document = json.loads(saved.read_text())
+    assert tuple(document) == ANSWERS_FIELDS
+    assert (document["study"], document["participant"], document["trials"]) == (key.id, "P 01", 12)
+    assert document["complete"] is True and isinstance(document["seed"], int)
+    answers = document["answers"]
+    assert [a["side"] for a in answers] == sides and [a["position"] for a in answers] == [
+        *range(12)
+    ]
+    trials = key.by_id()
+    for item in answers:
+        assert tuple(item) == ANSWER_FIELDS and item["kind"] == trials[item["trial"]].kind
+        other = "b" if item["left"] == "a" else "a"
+        assert item["choice"] == (item["left"] if item["side"] == "left" else other)
+        assert isinstance(item["response_ms"], int) and item["response_ms"] >= 0
+    # The seed stored with the answers reproduces this participant's order and sides.
+    order, left = _order_and_sides(document["seed"], [trial.id for trial in key.trials])
+    assert [a["trial"] for a in answers] == order and [a["left"] for a in answers] == left
+    # And the fold reads the file the browser saved.
+    collected = read_answers(answer_files([saved.parent]), read_study(folder))
+    assert collected.refused == [] and len(collected.sessions[0].answers) == 12
+    with capsys.disabled():
+        print(f"\nscreenshot of the human-study page: {ARTIFACTS / 'human-study.png'}")

@@ -9,7 +9,19 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .. import Budget
-from ..evaluation import Evaluation, EvaluationPlan, plan_record, write_report
+from ..evaluation import (
+    Evaluation,
+    EvaluationPlan,
+    StudyError,
+    StudyOptions,
+    answer_files,
+    fold_answers,
+    plan_record,
+    read_answers,
+    read_study,
+    write_report,
+    write_study,
+)
 from ..imagefiles import ImageFileError, read_image
 from ..metrics import DEFAULT_CLIP_MODEL, load_metrics
 from ..mimicry import (
@@ -119,6 +131,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "'tiny', comma list or repeated; an inpainting checkpoint runs the inpaint scenario with "
         "its own 9-channel UNet (default: --model, the surrogate that protection attacks)",
     )
+    study = parser.add_argument_group(
+        "human study",
+        "a two-alternative page for the paper's human evaluation, and its answers folded in",
+    )
+    study.add_argument(
+        "--human-study",
+        action="store_true",
+        help="also write human-study.html (one self-contained file for participants) and its "
+        "key human-study.json",
+    )
+    study.add_argument(
+        "--human-trials", type=int, default=60, help="trials of the page (default: 60)"
+    )
+    study.add_argument(
+        "--human-images", type=int, default=6, help="source images the trials use (default: 6)"
+    )
+    study.add_argument(
+        "--human-max-side",
+        type=int,
+        default=512,
+        help="downscale larger images to this many pixels on the long side for the page; 0 "
+        "keeps every size (default: 512)",
+    )
+    study.add_argument(
+        "--human-variants",
+        help="mimicry variants of the fidelity trials, e.g. sdedit@0.3,inpaint-border (default: "
+        "the strongest SDEdit strength and every inpainting variant)",
+    )
+    study.add_argument(
+        "--human-answers",
+        action="append",
+        type=Path,
+        metavar="FILE_OR_FOLDER",
+        help="answers files (or folders of *.json) downloaded from the study page; repeatable; "
+        "folded into the report",
+    )
     parser.set_defaults(run=run)
 
 
@@ -127,7 +175,11 @@ def run(args: argparse.Namespace) -> int:
     # 1. Settings and inputs, checked before anything heavy.
     try:
         plan = build_plan(args)
-    except ValueError as error:  # a bad name or value, named in the message
+        study = _study_options(args, plan)
+        answers = answer_files(args.human_answers) if args.human_answers else []
+        if answers and not args.human_study:
+            read_study(args.output)  # the page's key must be there already
+    except ValueError as error:  # a bad name, value or path, named in the message
         raise CommandError(str(error)) from None
     paths = collect_inputs(args.inputs)
     images, failed = [], 0
@@ -181,6 +233,28 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(str(error), EXIT_FAILED) from None
     if not processes.is_main:
         return EXIT_FAILED if failed else EXIT_OK
+
+    # 4. The human study: its page, and the answers collected with it.
+    human = None
+    try:
+        if study is not None:
+            page = write_study(args.output, store.rows, study)
+            size = f"{page.size_bytes / 2**10:.0f} KiB"
+            if page.size_bytes >= 2**20:
+                size = f"{page.size_bytes / 2**20:.1f} MiB"
+            print(
+                f"human study {page.study.id}: {len(page.study.trials)} trials, {page.images} "
+                f"images, {size} in {page.page}"
+            )
+        if answers:
+            key = read_study(args.output)
+            collected = read_answers(answers, key)
+            for refusal in collected.refused:
+                print(f"error: {refusal}", file=sys.stderr)
+            failed += len(collected.refused)
+            human = fold_answers(key, collected, len(answers))
+    except StudyError as error:
+        raise CommandError(str(error), EXIT_FAILED) from None
     report = write_report(
         args.output,
         store,
@@ -188,8 +262,13 @@ def run(args: argparse.Namespace) -> int:
         notes=[*notes, *skipped],
         plan_json=plan_record(plan, evaluation.victims),
         surrogate=model.name,
+        human=human,
     )
     print(f"{len(store.rows)} result rows in {args.output}/results.csv; report: {report}")
+    if human is not None:
+        print(
+            f"human study: {human.answers} answers of {human.participants} participants folded in"
+        )
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -238,6 +317,33 @@ def build_plan(args: argparse.Namespace) -> EvaluationPlan:
         scenarios=tuple(scenarios[name]() for name in names),
         budget=Budget.from_255(args.eps, args.step_size, args.steps),
         prompt=args.prompt,
+        seed=args.seed,
+    )
+
+
+def _study_options(args: argparse.Namespace, plan: EvaluationPlan) -> StudyOptions | None:
+    """The study page's options when ``--human-study`` asks for one, checked before any work.
+
+    Raises:
+        StudyError: a bad count or size, or a variant the plan does not evaluate.
+    """
+    if not args.human_study:
+        return None
+    variants = (
+        tuple(comma_list(args.human_variants, "--human-variants")) if args.human_variants else ()
+    )
+    evaluated = [v for s in plan.scenarios if s.per_image for v in s.variants()]
+    unknown = [variant for variant in variants if variant not in evaluated]
+    if unknown:
+        raise StudyError(
+            f"--human-variants: {', '.join(map(repr, unknown))} is not evaluated; the per-image "
+            f"variants here are {', '.join(evaluated) or 'none'}"
+        )
+    return StudyOptions(
+        trials=args.human_trials,
+        images=args.human_images,
+        max_side=args.human_max_side,
+        variants=variants,
         seed=args.seed,
     )
 

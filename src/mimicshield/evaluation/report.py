@@ -2,7 +2,9 @@
 
 The page is ``templates/report.html.j2`` rendered with autoescaping, so names and notes from the
 user can never become markup. It has no scripts and no external resources; images are referenced
-relative to the report's folder (they live beside it), plots are written to ``plots/``.
+relative to the report's folder (they live beside it), plots are written to ``plots/``. When the
+folder holds a human-study page the report links to it, and folded answers (``human_answers``)
+get a section of their own.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import jinja2
 
 from ..mimicry import SCENARIOS
 from . import summary
+from .human_answers import HumanResults
+from .human_study import PAGE as STUDY_PAGE
 from .plots import write_sdedit_plots
 from .results import ResultsStore
-from .statistics import Estimate
+from .statistics import MIN_PARTICIPANTS, Estimate
 
 TEMPLATE = "report.html.j2"
 
@@ -31,10 +35,12 @@ def write_report(
     plan_json: str = "",
     max_images: int = 4,
     surrogate: str = "",
+    human: HumanResults | None = None,
 ) -> Path:
     """Write ``folder/report.html`` (and ``folder/plots/*.png``) from the stored rows.
 
-    ``surrogate`` names the model protection attacked, for the headings.
+    ``surrogate`` names the model protection attacked, for the headings; ``human`` holds the
+    folded answers of the human study, if any.
     """
     rows = store.rows
     victims = summary.victims(rows)
@@ -82,6 +88,9 @@ def write_report(
             plots=plots,
             images=_image_grid(folder, rows, max_images),
             plan_json=plan_json,
+            study_page=STUDY_PAGE if (folder / STUDY_PAGE).is_file() else None,
+            human=human,
+            min_participants=MIN_PARTICIPANTS,
         )
     )
     path = folder / "report.html"
@@ -101,12 +110,20 @@ def _environment() -> jinja2.Environment:
     )
     environment.filters["number"] = _format_number
     environment.filters["interval"] = _format_interval
+    environment.filters["share"] = _format_share
     return environment
 
 
 def _format_number(value: float | None) -> str:
     """Four significant digits; a dash where nothing was measured."""
     return "–" if value is None else f"{value:.4g}"
+
+
+def _format_share(share: Estimate | None) -> str:
+    """A share of answers as a percentage with its interval; a dash where none answered."""
+    if share is None:
+        return "–"
+    return f"{share.mean:.0%} [{share.low:.0%}, {share.high:.0%}]"
 
 
 def _format_interval(estimate: Estimate | None) -> str:

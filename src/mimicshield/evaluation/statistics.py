@@ -6,6 +6,10 @@ interval (Efron & Tibshirani 1993, §13.3): the images are resampled with replac
 2.5th and 97.5th percentiles of the resampled means. A method is compared with the noise control
 per image (same image, same seed, same purifier and mimicry), so the interval of the *paired*
 difference is much narrower than two independent intervals would suggest.
+
+Answers of the human study are choices between two alternatives, summarised as a proportion
+with an interval that accounts for answers coming in clusters, one cluster per participant
+(``clustered_proportion``).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
@@ -24,6 +29,8 @@ SEED = 0
 #: Fewer images than this say nothing either way: a percentile-bootstrap interval over 1–4
 #: values is far too narrow (zero-wide for one), so it would claim a difference it cannot show.
 MIN_IMAGES = 5
+#: The same for participants: a bootstrap over 1–4 people cannot see how much people differ.
+MIN_PARTICIPANTS = 5
 
 
 @dataclass(frozen=True)
@@ -118,3 +125,110 @@ def paired_difference(
 
 def _finite(value: object) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class Proportion(Estimate):
+    """A proportion (``mean``) of ``count`` answers given by ``participants`` people.
+
+    ``low`` and ``high`` bound it as ``clustered_proportion`` explains.
+    """
+
+    participants: int
+
+    @property
+    def too_few(self) -> bool:
+        """True below ``MIN_PARTICIPANTS`` participants, where the interval cannot be trusted."""
+        return self.participants < MIN_PARTICIPANTS
+
+    @property
+    def covers_half(self) -> bool:
+        """True when 1/2 lies in the interval: no evidence of a preference either way."""
+        return self.low <= 0.5 <= self.high
+
+    @property
+    def inconclusive(self) -> bool:
+        """No evidence of a preference: the interval covers 1/2, or too few participants."""
+        return self.too_few or self.covers_half
+
+
+def wilson_interval(
+    successes: int, trials: int, confidence: float = CONFIDENCE
+) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion (Wilson 1927), within [0, 1].
+
+    Unlike the normal approximation p ± z·√(p(1 − p)/n), it keeps a width when every trial
+    agrees (0 or n successes) and never leaves [0, 1].
+
+    Args:
+        successes: how many of the trials succeeded, 0 ≤ successes ≤ trials.
+        trials: independent trials, at least one.
+        confidence: coverage of the interval, in (0, 1).
+
+    Returns:
+        (low, high), which contain successes / trials.
+
+    Examples:
+        >>> [round(bound, 4) for bound in wilson_interval(8, 10)]
+        [0.4902, 0.9433]
+    """
+    if trials < 1 or not 0 <= successes <= trials:
+        raise ValueError(f"need 0 ≤ successes ≤ trials and trials ≥ 1, got {successes}/{trials}")
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    share = successes / trials
+    shrink = 1 + z**2 / trials
+    centre = (share + z**2 / (2 * trials)) / shrink
+    half = z * math.sqrt(share * (1 - share) / trials + z**2 / (4 * trials**2)) / shrink
+    return max(0.0, min(centre - half, share)), min(1.0, max(centre + half, share))
+
+
+def clustered_proportion(
+    counts: Sequence[tuple[int, int]],
+    *,
+    resamples: int = RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = SEED,
+) -> Proportion | None:
+    """The share of answers that chose something, with an interval resampling participants.
+
+    One participant's answers are not independent: people differ in taste, eyesight, screen and
+    attention, so someone who finds one method's grain ugly finds it so in every trial. Taken as
+    independent, N answers from k people look like N draws when they carry the information of
+    something between k and N, and a binomial interval comes out too narrow; the more people
+    disagree, the worse. The cluster bootstrap (Davison & Hinkley 1997, §3.8) resamples
+    *participants* with replacement, each with all their answers, and recomputes the pooled
+    share (all chosen / all answered) ``resamples`` times; the 2.5th and 97.5th percentiles
+    bound it. Between-participant disagreement thus widens the interval as it should.
+
+    A percentile bootstrap has no floor, though: when every answer agrees it is a single point
+    at 0 or 1, and over few participants it is too narrow. So the interval reported is the hull
+    of the cluster-bootstrap interval and the Wilson score interval of all answers taken as
+    independent (``wilson_interval``), the width that even perfectly consistent answers leave.
+
+    Args:
+        counts: per participant, (answers that chose it, answers); participants with no
+            answers are left out.
+        resamples: bootstrap resamples.
+        confidence: coverage of the interval, in (0, 1).
+        seed: of the resampling; same counts and seed → same interval.
+
+    Returns:
+        The pooled share with its interval, ``count`` the answers and ``participants`` the
+        people; ``None`` when nobody answered.
+    """
+    data = np.asarray([(chosen, answered) for chosen, answered in counts if answered > 0])
+    if data.size == 0:
+        return None
+    chosen, answered = data[:, 0], data[:, 1]
+    if ((chosen < 0) | (chosen > answered)).any():
+        raise ValueError("each participant's chosen count must lie between 0 and their answers")
+    share = float(chosen.sum() / answered.sum())
+    low, high = wilson_interval(int(chosen.sum()), int(answered.sum()), confidence)
+    if len(data) > 1:
+        rng = np.random.default_rng(seed)
+        picks = rng.integers(0, len(data), size=(resamples, len(data)))
+        shares = chosen[picks].sum(axis=1) / answered[picks].sum(axis=1)
+        tail = (1 - confidence) / 2 * 100
+        cluster_low, cluster_high = np.percentile(shares, [tail, 100 - tail])
+        low, high = min(low, float(cluster_low)), max(high, float(cluster_high))
+    return Proportion(share, low, high, int(answered.sum()), participants=len(data))
