@@ -6,12 +6,17 @@ interval (Efron & Tibshirani 1993, §13.3): the images are resampled with replac
 2.5th and 97.5th percentiles of the resampled means. A method is compared with the noise control
 per image (same image, same seed, same purifier and mimicry), so the interval of the *paired*
 difference is much narrower than two independent intervals would suggest.
+
+Values that are not independent (the samples of one fine-tuned model share its training run) are
+resampled by *cluster*: whole clusters are drawn with replacement and the resampled mean is the
+mean of every value they hold (the cluster bootstrap; Davison & Hinkley 1997, §3.8), so the
+interval reflects how much the clusters differ, not only how much their members do.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,12 +33,17 @@ MIN_IMAGES = 5
 
 @dataclass(frozen=True)
 class Estimate:
-    """A mean over ``count`` values and its bootstrap interval [low, high]."""
+    """A mean over ``count`` values and its bootstrap interval [low, high].
+
+    ``clusters`` is how many clusters were resampled when values were resampled by cluster
+    (None: each value on its own).
+    """
 
     mean: float
     low: float
     high: float
     count: int
+    clusters: int | None = None
 
     @property
     def covers_zero(self) -> bool:
@@ -42,8 +52,8 @@ class Estimate:
 
     @property
     def too_few(self) -> bool:
-        """True below ``MIN_IMAGES`` values, where the interval cannot be trusted."""
-        return self.count < MIN_IMAGES
+        """True below ``MIN_IMAGES`` resampled units (values or clusters): no trusted interval."""
+        return (self.count if self.clusters is None else self.clusters) < MIN_IMAGES
 
     @property
     def inconclusive(self) -> bool:
@@ -57,6 +67,7 @@ def bootstrap_mean(
     resamples: int = RESAMPLES,
     confidence: float = CONFIDENCE,
     seed: int = SEED,
+    clusters: Sequence[Hashable] | None = None,
 ) -> Estimate | None:
     """The mean of ``values`` with its percentile-bootstrap interval.
 
@@ -65,30 +76,51 @@ def bootstrap_mean(
         resamples: bootstrap resamples.
         confidence: coverage of the interval, in (0, 1).
         seed: of the resampling; same values and seed → same interval.
+        clusters: one label per value; values with one label are resampled together (e.g. the
+            training seed of each sample). None resamples each value on its own.
 
     Returns:
         The estimate, a zero-width interval for a single value or a constant series; ``None``
         for no values.
+
+    Raises:
+        ValueError: a value is not finite, or ``clusters`` has another length than ``values``.
     """
     data = np.asarray(values, dtype=np.float64)
     if data.size == 0:
         return None
     if not np.isfinite(data).all():
         raise ValueError("bootstrap_mean needs finite values; leave out the missing ones first")
+    if clusters is not None and len(clusters) != data.size:
+        raise ValueError(
+            f"clusters must label every value, got {len(clusters)} labels for {data.size} values"
+        )
+    # Each cluster's sum and size; without labels, every value is a cluster of one.
+    labels = range(data.size) if clusters is None else clusters
+    index = {label: i for i, label in enumerate(dict.fromkeys(labels))}
+    members = np.array([index[label] for label in labels])
+    sums = np.bincount(members, weights=data)
+    sizes = np.bincount(members).astype(np.float64)
+    count = None if clusters is None else len(index)
+
     mean = float(data.mean())
-    if data.size == 1 or np.ptp(data) == 0:
-        return Estimate(mean, mean, mean, int(data.size))
+    if len(index) == 1 or np.ptp(data) == 0:
+        return Estimate(mean, mean, mean, int(data.size), count)
     rng = np.random.default_rng(seed)
-    indices = rng.integers(0, data.size, size=(resamples, data.size))
-    means = data[indices].mean(axis=1)
+    drawn = rng.integers(0, len(index), size=(resamples, len(index)))
+    means = sums[drawn].sum(axis=1) / sizes[drawn].sum(axis=1)
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     # The percentile interval of a skewed sample can miss the mean by round-off; keep it inside.
-    return Estimate(mean, min(float(low), mean), max(float(high), mean), int(data.size))
+    return Estimate(mean, min(float(low), mean), max(float(high), mean), int(data.size), count)
 
 
 def paired_difference(
-    values: Sequence[float], controls: Sequence[float], **bootstrap: float
+    values: Sequence[float],
+    controls: Sequence[float],
+    *,
+    clusters: Sequence[Hashable] | None = None,
+    **bootstrap: float,
 ) -> Estimate | None:
     """Mean of ``values[i] − controls[i]`` with its bootstrap interval (images resampled as pairs).
 
@@ -96,24 +128,29 @@ def paired_difference(
         values: one number per image; pairs where either value is missing (None or not
             finite) are left out.
         controls: the noise control's number for the same images, in the same order.
+        clusters: one label per pair, resampled together as for ``bootstrap_mean``; or None.
         bootstrap: ``resamples``, ``confidence``, ``seed`` as for ``bootstrap_mean``.
 
     Returns:
         The estimate of the mean difference, or ``None`` when no pair is complete.
 
     Raises:
-        ValueError: the two series differ in length.
+        ValueError: the series (and labels) differ in length.
     """
-    if len(values) != len(controls):
+    labels = range(len(values)) if clusters is None else clusters
+    if not len(values) == len(controls) == len(labels):
         raise ValueError(
             f"paired series must have one length, got {len(values)} and {len(controls)}"
+            + ("" if clusters is None else f" and {len(clusters)} cluster labels")
         )
-    differences = [
-        float(value) - float(control)
-        for value, control in zip(values, controls, strict=True)
+    complete = [
+        (float(value) - float(control), label)
+        for value, control, label in zip(values, controls, labels, strict=True)
         if _finite(value) and _finite(control)
     ]
-    return bootstrap_mean(differences, **bootstrap)
+    differences = [difference for difference, _ in complete]
+    kept = None if clusters is None else [label for _, label in complete]
+    return bootstrap_mean(differences, clusters=kept, **bootstrap)
 
 
 def _finite(value: object) -> bool:
