@@ -12,7 +12,9 @@ from safetensors.torch import load_file
 from mimicshield import METHODS, Budget, LatentDiffusion, protect
 from mimicshield.mimicry import (
     MASKS,
+    TEXTUAL_INVERSION_PRESETS,
     TextualInversionConfig,
+    TextualInversionScenario,
     border_mask,
     center_mask,
     denoising_steps,
@@ -350,6 +352,7 @@ def test_textual_inversion_leaves_tokenizer_and_text_encoder_exactly_as_before(
     assert token.embedding.shape == initial.shape
     assert not torch.allclose(token.embedding, initial)  # the learned row moved
     assert len(token.losses) == 4 and all(torch.isfinite(torch.tensor(token.losses)))
+    assert token.config == config
 
 
 def test_learn_token_same_seed_same_embedding(tiny_model, images, seeded):
@@ -413,6 +416,19 @@ def test_installed_token_refuses_a_known_word_and_a_wrong_size(tiny_model):
 def test_textual_inversion_config_is_checked(settings, message):
     with pytest.raises(ValueError, match=message):
         TextualInversionConfig(**settings)
+
+
+def test_quick_is_the_default_and_what_evaluate_runs_gpu_is_the_diffusers_example():
+    quick, gpu = TEXTUAL_INVERSION_PRESETS["quick"], TEXTUAL_INVERSION_PRESETS["gpu"]
+    assert quick == TextualInversionConfig() and TextualInversionScenario().steps == quick.steps
+    # diffusers' examples/textual_inversion README: 3000 steps, batch 1 with 4 accumulated
+    # gradients, 5e-4 scaled by --scale_lr to 5e-4 × 4 × 1 × 1 GPU.
+    assert (gpu.steps, gpu.batch_size, gpu.learning_rate) == (3000, 4, 5e-4 * 4)
+    assert (gpu.placeholder, gpu.initializer, gpu.templates) == (
+        quick.placeholder,
+        quick.initializer,
+        quick.templates,
+    )
 
 
 def test_generate_crops_odd_sizes_and_saved_embedding_reads_back(tiny_model, tmp_path, seeded):

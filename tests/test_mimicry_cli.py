@@ -164,6 +164,33 @@ def test_textual_inversion_learns_from_the_readable_images_and_generates(
 
 
 @pytest.mark.parametrize(
+    ("options", "used"),
+    [
+        ([], "in 2 steps of 1 at learning rate 0.005"),
+        (["--preset", "gpu"], "in 2 steps of 4 at learning rate 0.002"),
+        (
+            ["--preset", "gpu", "--batch-size", "2", "--learning-rate", "0.01"],
+            "of 2 at learning rate 0.01",
+        ),
+    ],
+)
+def test_textual_inversion_trains_with_the_preset_and_the_options_over_it(
+    folder, tmp_path, tiny_model_dir, capsys, options, used
+):
+    code = _mimic(
+        "textual-inversion",
+        folder / "photo.png",
+        "-o",
+        tmp_path / "out",
+        *options,
+        *("--train-steps", "2", "--num-inference-steps", "1", "--num-images", "1"),
+        model=tiny_model_dir,
+    )
+    assert code == 0
+    assert used in capsys.readouterr().out  # what the learned token records it was trained with
+
+
+@pytest.mark.parametrize(
     ("args", "message"),
     [
         (["inpaint", "--mask", "nowhere.png"], "--mask must be one of"),

@@ -65,6 +65,41 @@ def test_fewer_than_the_minimum_images_never_claim_a_difference():
     assert not enough.too_few and not enough.inconclusive
 
 
+def test_resampling_by_cluster_is_resampling_the_cluster_means():
+    # Clusters of equal size: a resampled mean of values is the mean of the drawn clusters'
+    # means, so the interval must be the plain bootstrap of the means with the same draws.
+    rng = np.random.default_rng(1)
+    means = rng.normal(0.0, 1.0, 8)
+    values = np.repeat(means, 4) + rng.normal(0.0, 0.01, 32)
+    clusters = np.repeat(np.arange(8), 4).tolist()
+    clustered = bootstrap_mean(list(values), clusters=clusters)
+    of_means = bootstrap_mean([values[i * 4 : i * 4 + 4].mean() for i in range(8)])
+    assert clustered.mean == pytest.approx(of_means.mean)
+    assert clustered.low == pytest.approx(of_means.low) and clustered.high == pytest.approx(
+        of_means.high
+    )
+    assert (clustered.count, clustered.clusters) == (32, 8)
+    # Resampling the 32 correlated values one by one pretends to 32 independent values.
+    naive = bootstrap_mean(list(values))
+    assert naive.high - naive.low < 0.6 * (clustered.high - clustered.low)
+    # Without labels, every value is its own cluster.
+    assert bootstrap_mean(list(values), clusters=list(range(32))).low == naive.low
+
+
+def test_fewer_than_the_minimum_clusters_never_claim_a_difference():
+    values, controls = [1.0, 1.2, 0.9, 1.1, 1.3, 0.8], [0.0] * 6
+    by_seed = paired_difference(values, controls, clusters=[0, 0, 1, 1, 2, 2])
+    assert by_seed.count == 6 and by_seed.clusters == 3 and by_seed.inconclusive
+    assert not paired_difference(values, controls).inconclusive
+    # Incomplete pairs are left out with their labels; one cluster left is a point.
+    one = paired_difference([1.0, None, 2.0], [0.0, 0.0, 0.0], clusters=["a", "b", "a"])
+    assert one == Estimate(1.5, 1.5, 1.5, 2, 1)
+    with pytest.raises(ValueError, match="2 cluster labels"):
+        paired_difference([1.0, 2.0, 3.0], [0.0] * 3, clusters=[0, 1])
+    with pytest.raises(ValueError, match="clusters must label every value"):
+        bootstrap_mean([1.0, 2.0], clusters=[0])
+
+
 # ---------------------------------------------------------------- shares of two-choice answers
 
 

@@ -107,8 +107,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--train-steps",
         type=int,
-        help="training steps of textual inversion, LoRA and DreamBooth (default: 500 for "
-        "textual inversion, the quick presets' 100 for the others)",
+        help="training steps of textual inversion, LoRA and DreamBooth, which otherwise train "
+        "with their quick presets (default: 500 for textual inversion, 100 for the others)",
     )
     parser.add_argument(
         "--num-images",

@@ -27,10 +27,10 @@ from ..mimicry import (
     MASKS,
     OBJECT_TEMPLATES,
     STYLE_TEMPLATES,
+    TEXTUAL_INVERSION_PRESETS,
     InpaintScenario,
     Scenario,
     SDEditScenario,
-    TextualInversionConfig,
     dreambooth,
     lora,
     textual_inversion,
@@ -128,15 +128,7 @@ def _register_textual_inversion(scenarios: argparse._SubParsersAction) -> None:
         "textual-inversion-NNN.png and learned-embedding.safetensors.",
     )
     _common_options(parser, prompt="a painting in the style of {}", steps=50, guidance=7.5)
-    parser.add_argument(
-        "--train-steps", type=int, default=3000, help="optimisation steps (default: 3000)"
-    )
-    parser.add_argument(
-        "--learning-rate", type=float, default=5e-3, help="AdamW learning rate (default: 0.005)"
-    )
-    parser.add_argument(
-        "--batch-size", type=int, default=1, help="images per training step (default: 1)"
-    )
+    _preset_options(parser, TEXTUAL_INVERSION_PRESETS, example="textual_inversion example's")
     parser.add_argument(
         "--initializer",
         default="painting",
@@ -158,15 +150,16 @@ def _register_textual_inversion(scenarios: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_run_textual_inversion)
 
 
-def _fine_tuning_options(parser: argparse.ArgumentParser, presets: dict) -> None:
-    """Options of LoRA and DreamBooth: a preset, and the settings that override it."""
-    _common_options(parser, prompt=None, steps=50, guidance=7.5)
+def _preset_options(parser: argparse.ArgumentParser, presets: dict, *, example: str) -> None:
+    """A ``--preset`` of training settings, and the options that override it."""
+    quick, gpu = presets["quick"], presets["gpu"]
     parser.add_argument(
         "--preset",
         default="quick",
         choices=tuple(presets),
-        help="training settings: 'quick' (CPU, small models) or 'gpu' (the diffusers training "
-        "examples' values, for real models); the options below override it (default: quick)",
+        help=f"training settings: 'quick' (CPU, small models: {quick.steps} steps) or 'gpu' "
+        f"(the diffusers {example} values, for real models: {gpu.steps} steps); the options "
+        "below override it (default: quick)",
     )
     parser.add_argument(
         "--train-steps", type=int, help="optimisation steps (default: the preset's)"
@@ -174,7 +167,15 @@ def _fine_tuning_options(parser: argparse.ArgumentParser, presets: dict) -> None
     parser.add_argument(
         "--learning-rate", type=float, help="AdamW learning rate (default: the preset's)"
     )
-    parser.add_argument("--batch-size", type=int, help="images per training step (default: 1)")
+    parser.add_argument(
+        "--batch-size", type=int, help="images per training step (default: the preset's)"
+    )
+
+
+def _fine_tuning_options(parser: argparse.ArgumentParser, presets: dict) -> None:
+    """Options of LoRA and DreamBooth: a preset, and the settings that override it."""
+    _common_options(parser, prompt=None, steps=50, guidance=7.5)
+    _preset_options(parser, presets, example="training examples'")
     parser.add_argument(
         "--instance-prompt",
         help="prompt of every training image (default: 'a painting in the style of sks')",
@@ -262,7 +263,8 @@ def _run_textual_inversion(args: argparse.Namespace) -> int:
     # 1. Everything that can be checked without a model.
     templates = {"style": STYLE_TEMPLATES, "object": OBJECT_TEMPLATES}[args.templates]
     config = _scenario(
-        lambda: TextualInversionConfig(
+        lambda: _overridden(
+            TEXTUAL_INVERSION_PRESETS[args.preset],
             placeholder=args.placeholder,
             initializer=args.initializer,
             steps=args.train_steps,
@@ -297,9 +299,11 @@ def _run_textual_inversion(args: argparse.Namespace) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     token.save(args.output / "learned-embedding.safetensors")
     failed += _write_generated(args.output, "textual-inversion", generated)
+    used = token.config
     print(
-        f"learned {config.placeholder!r} from {len(images)} images in {config.steps} steps "
-        f"(final loss {token.losses[-1]:.4f}); wrote {args.num_images} images to {args.output}"
+        f"learned {used.placeholder!r} from {len(images)} images in {len(token.losses)} steps "
+        f"of {used.batch_size} at learning rate {used.learning_rate:g} (final loss "
+        f"{token.losses[-1]:.4f}); wrote {args.num_images} images to {args.output}"
     )
     return EXIT_FAILED if failed else EXIT_OK
 

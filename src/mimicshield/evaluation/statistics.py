@@ -10,12 +10,17 @@ difference is much narrower than two independent intervals would suggest.
 Answers of the human study are choices between two alternatives, summarised as a proportion
 with an interval that accounts for answers coming in clusters, one cluster per participant
 (``clustered_proportion``).
+
+Values that are not independent (the samples of one fine-tuned model share its training run) are
+resampled by *cluster*: whole clusters are drawn with replacement and the resampled mean is the
+mean of every value they hold (the cluster bootstrap; Davison & Hinkley 1997, §3.8), so the
+interval reflects how much the clusters differ, not only how much their members do.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -35,12 +40,17 @@ MIN_PARTICIPANTS = 5
 
 @dataclass(frozen=True)
 class Estimate:
-    """A mean over ``count`` values and its bootstrap interval [low, high]."""
+    """A mean over ``count`` values and its bootstrap interval [low, high].
+
+    ``clusters`` is how many clusters were resampled when values were resampled by cluster
+    (None: each value on its own).
+    """
 
     mean: float
     low: float
     high: float
     count: int
+    clusters: int | None = None
 
     @property
     def covers_zero(self) -> bool:
@@ -49,8 +59,8 @@ class Estimate:
 
     @property
     def too_few(self) -> bool:
-        """True below ``MIN_IMAGES`` values, where the interval cannot be trusted."""
-        return self.count < MIN_IMAGES
+        """True below ``MIN_IMAGES`` resampled units (values or clusters): no trusted interval."""
+        return (self.count if self.clusters is None else self.clusters) < MIN_IMAGES
 
     @property
     def inconclusive(self) -> bool:
@@ -64,6 +74,7 @@ def bootstrap_mean(
     resamples: int = RESAMPLES,
     confidence: float = CONFIDENCE,
     seed: int = SEED,
+    clusters: Sequence[Hashable] | None = None,
 ) -> Estimate | None:
     """The mean of ``values`` with its percentile-bootstrap interval.
 
@@ -72,30 +83,51 @@ def bootstrap_mean(
         resamples: bootstrap resamples.
         confidence: coverage of the interval, in (0, 1).
         seed: of the resampling; same values and seed → same interval.
+        clusters: one label per value; values with one label are resampled together (e.g. the
+            training seed of each sample). None resamples each value on its own.
 
     Returns:
         The estimate, a zero-width interval for a single value or a constant series; ``None``
         for no values.
+
+    Raises:
+        ValueError: a value is not finite, or ``clusters`` has another length than ``values``.
     """
     data = np.asarray(values, dtype=np.float64)
     if data.size == 0:
         return None
     if not np.isfinite(data).all():
         raise ValueError("bootstrap_mean needs finite values; leave out the missing ones first")
+    if clusters is not None and len(clusters) != data.size:
+        raise ValueError(
+            f"clusters must label every value, got {len(clusters)} labels for {data.size} values"
+        )
+    # Each cluster's sum and size; without labels, every value is a cluster of one.
+    labels = range(data.size) if clusters is None else clusters
+    index = {label: i for i, label in enumerate(dict.fromkeys(labels))}
+    members = np.array([index[label] for label in labels])
+    sums = np.bincount(members, weights=data)
+    sizes = np.bincount(members).astype(np.float64)
+    count = None if clusters is None else len(index)
+
     mean = float(data.mean())
-    if data.size == 1 or np.ptp(data) == 0:
-        return Estimate(mean, mean, mean, int(data.size))
+    if len(index) == 1 or np.ptp(data) == 0:
+        return Estimate(mean, mean, mean, int(data.size), count)
     rng = np.random.default_rng(seed)
-    indices = rng.integers(0, data.size, size=(resamples, data.size))
-    means = data[indices].mean(axis=1)
+    drawn = rng.integers(0, len(index), size=(resamples, len(index)))
+    means = sums[drawn].sum(axis=1) / sizes[drawn].sum(axis=1)
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     # The percentile interval of a skewed sample can miss the mean by round-off; keep it inside.
-    return Estimate(mean, min(float(low), mean), max(float(high), mean), int(data.size))
+    return Estimate(mean, min(float(low), mean), max(float(high), mean), int(data.size), count)
 
 
 def paired_difference(
-    values: Sequence[float], controls: Sequence[float], **bootstrap: float
+    values: Sequence[float],
+    controls: Sequence[float],
+    *,
+    clusters: Sequence[Hashable] | None = None,
+    **bootstrap: float,
 ) -> Estimate | None:
     """Mean of ``values[i] − controls[i]`` with its bootstrap interval (images resampled as pairs).
 
@@ -103,24 +135,29 @@ def paired_difference(
         values: one number per image; pairs where either value is missing (None or not
             finite) are left out.
         controls: the noise control's number for the same images, in the same order.
+        clusters: one label per pair, resampled together as for ``bootstrap_mean``; or None.
         bootstrap: ``resamples``, ``confidence``, ``seed`` as for ``bootstrap_mean``.
 
     Returns:
         The estimate of the mean difference, or ``None`` when no pair is complete.
 
     Raises:
-        ValueError: the two series differ in length.
+        ValueError: the series (and labels) differ in length.
     """
-    if len(values) != len(controls):
+    labels = range(len(values)) if clusters is None else clusters
+    if not len(values) == len(controls) == len(labels):
         raise ValueError(
             f"paired series must have one length, got {len(values)} and {len(controls)}"
+            + ("" if clusters is None else f" and {len(clusters)} cluster labels")
         )
-    differences = [
-        float(value) - float(control)
-        for value, control in zip(values, controls, strict=True)
+    complete = [
+        (float(value) - float(control), label)
+        for value, control, label in zip(values, controls, labels, strict=True)
         if _finite(value) and _finite(control)
     ]
-    return bootstrap_mean(differences, **bootstrap)
+    differences = [difference for difference, _ in complete]
+    kept = None if clusters is None else [label for _, label in complete]
+    return bootstrap_mean(differences, clusters=kept, **bootstrap)
 
 
 def _finite(value: object) -> bool:
@@ -131,10 +168,14 @@ def _finite(value: object) -> bool:
 class Proportion(Estimate):
     """A proportion (``mean``) of ``count`` answers given by ``participants`` people.
 
-    ``low`` and ``high`` bound it as ``clustered_proportion`` explains.
+    The participants are the clusters resampled; ``low`` and ``high`` bound the proportion as
+    ``clustered_proportion`` explains.
     """
 
-    participants: int
+    @property
+    def participants(self) -> int:
+        """How many people gave the ``count`` answers."""
+        return self.clusters or 0
 
     @property
     def too_few(self) -> bool:
@@ -216,19 +257,26 @@ def clustered_proportion(
         The pooled share with its interval, ``count`` the answers and ``participants`` the
         people; ``None`` when nobody answered.
     """
-    data = np.asarray([(chosen, answered) for chosen, answered in counts if answered > 0])
-    if data.size == 0:
+    answering = [(chosen, answered) for chosen, answered in counts if answered > 0]
+    if not answering:
         return None
-    chosen, answered = data[:, 0], data[:, 1]
-    if ((chosen < 0) | (chosen > answered)).any():
+    if any(not 0 <= chosen <= answered for chosen, answered in answering):
         raise ValueError("each participant's chosen count must lie between 0 and their answers")
-    share = float(chosen.sum() / answered.sum())
-    low, high = wilson_interval(int(chosen.sum()), int(answered.sum()), confidence)
-    if len(data) > 1:
-        rng = np.random.default_rng(seed)
-        picks = rng.integers(0, len(data), size=(resamples, len(data)))
-        shares = chosen[picks].sum(axis=1) / answered[picks].sum(axis=1)
-        tail = (1 - confidence) / 2 * 100
-        cluster_low, cluster_high = np.percentile(shares, [tail, 100 - tail])
-        low, high = min(low, float(cluster_low)), max(high, float(cluster_high))
-    return Proportion(share, low, high, int(answered.sum()), participants=len(data))
+    # Each answer as 1 (chose it) or 0, labelled by its participant: the cluster bootstrap of
+    # their mean is the pooled share with whole participants resampled.
+    answers = [
+        1.0 if i < chosen else 0.0 for chosen, answered in answering for i in range(answered)
+    ]
+    people = [person for person, (_, answered) in enumerate(answering) for _ in range(answered)]
+    resampled = bootstrap_mean(
+        answers, clusters=people, resamples=resamples, confidence=confidence, seed=seed
+    )
+    chosen_total = int(sum(answers))
+    low, high = wilson_interval(chosen_total, len(answers), confidence)
+    return Proportion(
+        resampled.mean,
+        min(low, resampled.low),
+        max(high, resampled.high),
+        len(answers),
+        clusters=len(answering),
+    )

@@ -56,6 +56,7 @@ from .sdedit import REFERENCE_STRENGTHS, denoising_steps, one_step_reconstructio
 from .textual_inversion import (
     OBJECT_TEMPLATES,
     STYLE_TEMPLATES,
+    TEXTUAL_INVERSION_PRESETS,
     LearnedToken,
     TextualInversionConfig,
     generate,
@@ -93,6 +94,7 @@ __all__ = [
     "OBJECT_TEMPLATES",
     "REFERENCE_STRENGTHS",
     "STYLE_TEMPLATES",
+    "TEXTUAL_INVERSION_PRESETS",
     "LearnedToken",
     "TextualInversionConfig",
     "border_mask",

@@ -153,12 +153,17 @@ class InpaintScenario:
 
 @dataclass(frozen=True)
 class TextualInversionScenario:
-    """Learn a token from the whole set, then generate ``num_images`` with it."""
+    """Learn a token from the whole set, then generate ``num_images`` with it.
+
+    Training uses the quick preset (``TextualInversionConfig()``) with ``steps`` steps, which keeps
+    an evaluation's cost in proportion to its other scenarios; realistic settings are
+    ``TEXTUAL_INVERSION_PRESETS["gpu"]`` through ``textual_inversion`` or ``mimic``.
+    """
 
     name: ClassVar[str] = "textual-inversion"
     per_image: ClassVar[bool] = False
 
-    steps: int = 500
+    steps: int = TextualInversionConfig().steps
     num_images: int = 4
     num_inference_steps: int = 50
     guidance_scale: float = 7.5
