@@ -67,6 +67,10 @@ class PerturbationNetwork(ModelMixin, ConfigMixin):
         surrogate: name of the model it was trained against (``LatentDiffusion.name``).
         surrogate_digest: ``LatentDiffusion.config_digest()`` of that model.
         objective: what training maximised (e.g. "sds-"), for the record.
+        centred: subtract from h its mean over each image and channel before the tanh, so no
+            constant colour shift can take over: uncentred, both pilot objectives collapsed
+            within 100 steps to one image-independent ±ε offset per channel, saturated (tanh
+            at ±1, so no gradient left) and weak (training/protector/README.md).
     """
 
     @register_to_config
@@ -77,6 +81,7 @@ class PerturbationNetwork(ModelMixin, ConfigMixin):
         surrogate: str = "untrained",
         surrogate_digest: str = "",
         objective: str = "",
+        centred: bool = True,
     ) -> None:
         super().__init__()
         channels = list(block_channels)
@@ -136,8 +141,10 @@ class PerturbationNetwork(ModelMixin, ConfigMixin):
             x = self.upsamplers[level](F.interpolate(F.silu(x), scale_factor=2.0, mode="nearest"))
             x = self.merges[level](torch.cat([x, skips[level]], dim=1))
             x = self.up_blocks[level](x)
-        h = self.head(F.silu(x))[..., :height, :width]
-        return eps * torch.tanh(h.float())
+        h = self.head(F.silu(x))[..., :height, :width].float()
+        if self.config.centred:
+            h = h - h.mean(dim=(-2, -1), keepdim=True)
+        return eps * torch.tanh(h)
 
 
 def load_protector(
