@@ -37,6 +37,11 @@ def main(argv: list[str] | None = None) -> None:
         default=",".join(map(str, DEFAULTS.block_channels)),
         help="network channels per level, full resolution first",
     )
+    parser.add_argument(
+        "--uncentred",
+        action="store_true",
+        help="let the network output a constant colour shift (to reproduce the pilots' collapse)",
+    )
     parser.add_argument("--steps", type=int, default=DEFAULTS.steps)
     parser.add_argument("--batch", type=int, default=DEFAULTS.batch, help="images per step")
     parser.add_argument("--lr", type=float, default=DEFAULTS.lr)
@@ -73,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         objective=args.objective,
         eps_255=args.eps,
         block_channels=tuple(int(width) for width in args.channels.split(",")),
+        centred=not args.uncentred,
         steps=args.steps,
         batch=args.batch,
         lr=args.lr,

@@ -57,6 +57,8 @@ class Settings:
         objective: a key of ``OBJECTIVES``.
         eps_255: L∞ budget in 0–255 units.
         block_channels: the network's channels per level.
+        centred: the network's ``centred`` switch (off only to reproduce the collapse it
+            prevents).
         steps: optimiser steps.
         batch: images per step (all processes together).
         lr: peak learning rate (AdamW), after ``warmup`` steps, cosine to 0 at ``steps``.
@@ -74,6 +76,7 @@ class Settings:
     objective: str = "sds-"
     eps_255: float = 16.0
     block_channels: tuple[int, ...] = (16, 32, 64, 128)
+    centred: bool = True
     steps: int = 3000
     batch: int = 16
     lr: float = 3e-4
@@ -111,6 +114,7 @@ def build(settings: Settings, model: LatentDiffusion) -> PerturbationNetwork:
             surrogate=model.name,
             surrogate_digest=model.config_digest(),
             objective=settings.objective,
+            centred=settings.centred,
         )
 
 
