@@ -16,6 +16,7 @@ from mimicshield.amortised import protect_amortised
 from mimicshield.imagefiles import read_image
 from mimicshield.methods import ProtectorMismatchError
 from mimicshield.models import DEFAULT_PROTECTOR, PerturbationNetwork, load_protector
+from mimicshield.models.protector import SHIPPED_PROTECTORS
 from mimicshield.objectives import StepNoise
 from training.mini import checkpoint
 from training.protector import data, train
@@ -167,6 +168,17 @@ def test_the_shipped_protector_names_the_miniature():
     assert network.config.surrogate == "mini"
     assert network.config.surrogate_digest == mini.config_digest()
     METHODS["amortised"]().check_model(mini)
+
+
+def test_the_shipped_card_states_the_files_and_the_limit():
+    folder = SHIPPED_PROTECTORS[DEFAULT_PROTECTOR]
+    card = (folder / "README.md").read_text()
+    assert "protects only against the miniature" in card
+    network = load_protector(DEFAULT_PROTECTOR)
+    assert f"{sum(p.numel() for p in network.parameters()):,} parameters" in card
+    (weights,) = folder.glob("*.safetensors")
+    assert f"{weights.stat().st_size:,} B" in card and weights.stat().st_size < 4 * 2**20
+    assert network.config.surrogate_digest in card
 
 
 def test_config_digest_ignores_loading_but_not_configuration(tiny_model_dir, tiny_v_model):
