@@ -136,6 +136,16 @@ def test_method_dispatches_to_one_pass_and_records_the_protector(tiny_model, tin
     assert "prompt" not in record and record["steps"] == 1
 
 
+def test_the_record_does_not_depend_on_the_precision_of_the_run(tiny_model_dir, tiny_protector_dir):
+    """A bf16 run protects with a bf16 copy; the record (and resume fingerprint) stay the same."""
+    method = METHODS["amortised"](budget=Budget.from_255(8, 1, 1), protector=tiny_protector_dir)
+    before = method.as_record()
+    bf16 = LatentDiffusion.from_pretrained(tiny_model_dir, device="cpu", dtype="bf16")
+    protected = protect(extremes()[3], method, bf16)
+    assert (protected - extremes()[3]).abs().max() <= 8 / 255 + ROUNDING
+    assert method.network.dtype == torch.float32 and method.as_record() == before
+
+
 def test_a_protector_refuses_a_model_it_was_not_trained_against(
     tiny_model, tiny_v_model, tiny_protector_dir
 ):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from .amortised import protect_amortised
@@ -98,14 +100,16 @@ def _one_pass(
 ) -> torch.Tensor:
     """The amortised method: its network's one pass on the model's device and in its dtype.
 
-    The callback is called once, as step 1 of 1, with NaN for the value: no objective is
-    evaluated.
+    The method's loaded network stays as loaded (float32, CPU: its record's weight digest must
+    not depend on the run); another device or dtype gets a converted copy (≈ 3 MB). The
+    callback is called once, as step 1 of 1, with NaN for the value: no objective is evaluated.
     """
     if method.budget.steps == 0:
         return images.detach().clone()
     network = method.network
     if (network.device, network.dtype) != (model.device, model.dtype):
-        network.to(model.device, model.dtype)
+        # nn.Module.to, not ModelMixin.to: diffusers warns on every dtype change of any model.
+        network = torch.nn.Module.to(copy.deepcopy(network), model.device, model.dtype)
     protected = protect_amortised(images, network, eps=method.budget.eps, mask=mask)
     if callback is not None:
         callback(1, 1, float("nan"))
