@@ -25,7 +25,7 @@ from PIL import Image
 
 from mimicshield import LatentDiffusion
 from mimicshield.cli.main import main
-from mimicshield.models import random_weights
+from mimicshield.models import PerturbationNetwork, random_weights
 
 torch.set_num_threads(1)  # 2-core machines: one thread per process is fastest and steadiest
 
@@ -80,6 +80,27 @@ def tiny_model(tiny_model_dir):
 @pytest.fixture(scope="session")
 def tiny_v_model(tiny_v_model_dir):
     return LatentDiffusion.from_pretrained(tiny_v_model_dir, device="cpu", dtype="fp32")
+
+
+@pytest.fixture(scope="session")
+def tiny_protector_dir(tiny_model, tmp_path_factory):
+    """An untrained amortised protector that names the tiny model, written by save_pretrained.
+
+    Random weights (seeded): it exercises the mechanics of ``METHODS["amortised"]``, which
+    only accepts the model its protector records.
+    """
+    folder = tmp_path_factory.mktemp("tiny-protector")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        network = PerturbationNetwork(
+            block_channels=(4, 8),
+            eps_255=8.0,
+            surrogate=tiny_model.name,
+            surrogate_digest=tiny_model.config_digest(),
+            objective="sds-",
+        )
+    network.save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture

@@ -90,6 +90,7 @@ def test_bench_command_writes_json_rows_and_prints_ratios(tmp_path, capsys):
     "option, value, message",
     [
         ("--methods", "sds-,glaze", "unknown methods"),
+        ("--methods", "amortised", "amortised has no PGD steps: bench/amortised_mini.py times it"),
         ("--dtype", "fp8", "--dtype must be"),
         ("--resolution", "big", "--resolution takes whole numbers"),
     ],

@@ -1,4 +1,11 @@
-"""The contract every registered method keeps (DESIGN §6), on a tiny model loaded from disk."""
+"""The contract every registered method keeps (DESIGN §6), on a tiny model loaded from disk.
+
+``amortised`` runs one forward pass of a trained network instead of PGD; it is held to every
+property here, with the tiny model's own (untrained) protector, except where noted at the test:
+its output does not depend on the seed (the network is deterministic), it has no objective
+that a step moves (training does: tests/test_amortised.py), and it refuses a model other than
+the one its protector was trained against (the v-prediction variant).
+"""
 
 from __future__ import annotations
 
@@ -14,8 +21,22 @@ ALL_METHODS = sorted(METHODS)
 SHORT = Budget.from_255(eps=8, step_size=2, steps=3)
 
 
+#: Settings every test here gives a method unless it overrides them (filled by the fixture).
+_DEFAULTS: dict[str, dict] = {}
+
+
+@pytest.fixture(autouse=True)
+def _protector_for_the_tiny_model(tiny_protector_dir, monkeypatch):
+    """Every test here builds ``amortised`` with the tiny model's protector by default."""
+    monkeypatch.setitem(_DEFAULTS, "amortised", {"protector": str(tiny_protector_dir)})
+
+
+def configured(method_name, **overrides):
+    return METHODS[method_name](**{**_DEFAULTS.get(method_name, {}), **overrides})
+
+
 def run(method_name, model, images, seed=0, **overrides):
-    method = METHODS[method_name](**{"budget": SHORT, **overrides})
+    method = configured(method_name, **{"budget": SHORT, **overrides})
     return protect(images, method, model, generator=torch.Generator().manual_seed(seed))
 
 
@@ -36,7 +57,11 @@ def test_input_untouched_and_same_seed_same_output(name, tiny_model, images):
     second = run(name, tiny_model, images, seed=3)
     assert torch.equal(images, before)
     assert torch.equal(first, second)
-    assert not torch.equal(first, run(name, tiny_model, images, seed=4))
+    other_seed = run(name, tiny_model, images, seed=4)
+    if name == "amortised":  # one deterministic pass: nothing random to seed
+        assert torch.equal(first, other_seed)
+    else:
+        assert not torch.equal(first, other_seed)
 
 
 @pytest.mark.parametrize("name", ALL_METHODS)
@@ -49,7 +74,7 @@ def test_zero_budget_or_zero_steps_is_identity(name, budget, tiny_model, images)
 def test_mask_is_respected(name, tiny_model, images):
     mask = torch.zeros(1, 1, *images.shape[-2:])
     mask[..., 4:12, 5:15] = 1
-    method = METHODS[name](budget=SHORT)
+    method = configured(name, budget=SHORT)
     protected = protect(
         images, method, tiny_model, mask=mask, generator=torch.Generator().manual_seed(0)
     )
@@ -89,6 +114,7 @@ def test_model_state_is_restored_and_weights_get_no_gradient(name, tiny_model, i
         ("sdst", 0, 3),
         ("advdm", 3, 0),  # full gradient through the UNet
         ("mist", 3, 0),
+        ("amortised", 0, 0),  # its own network only
     ],
 )
 def test_no_unet_pass_the_loss_does_not_use(
@@ -119,7 +145,9 @@ def _linearised_objective(method, model, images, step, conditioning, residual_at
     return value
 
 
-@pytest.mark.parametrize("name", ALL_METHODS)
+# amortised optimises nothing at protection time; tests/test_amortised.py checks that training
+# moves its objective.
+@pytest.mark.parametrize("name", [name for name in ALL_METHODS if name != "amortised"])
 def test_one_step_moves_the_objective_the_way_the_method_says(name, tiny_model, images):
     """With the step's own noise, a small clean-start step increases the maximised objective."""
     small = Budget(eps=8 / 255, step_size=1e-4, steps=1)
@@ -146,9 +174,10 @@ def _target_latents(method, model, images):
         return model.encode(target[None]).expand(len(images), -1, -1, -1)
 
 
-def test_registry_holds_the_seven_methods_of_the_paper():
-    assert set(METHODS) == {"advdm", "advdm-", "photoguard", "mist", "sds+", "sds-", "sdst"}
-    starts = {name: METHODS[name]().random_start for name in METHODS}
+def test_registry_holds_the_seven_methods_of_the_paper_and_the_amortised_one():
+    paper = {"advdm", "advdm-", "photoguard", "mist", "sds+", "sds-", "sdst"}
+    assert set(METHODS) == paper | {"amortised"}
+    starts = {name: METHODS[name]().random_start for name in paper}
     assert starts == {
         "advdm": True,
         "advdm-": True,
@@ -170,6 +199,10 @@ def test_targeted_methods_accept_gray_and_an_image(tiny_model, images):
 
 def test_v_prediction_model_runs_every_method(tiny_v_model, images):
     for name in ALL_METHODS:
+        if name == "amortised":  # its protector was trained against the ε-prediction model
+            with pytest.raises(ValueError, match="this protector was trained against"):
+                run(name, tiny_v_model, images)
+            continue
         protected = run(name, tiny_v_model, images)
         assert (protected - images).abs().max() <= SHORT.eps + 1e-6
 
@@ -205,6 +238,7 @@ def test_objective_weights_follow_the_method_table():
         "sds+": W(score_distillation=1.0),
         "sds-": W(score_distillation=-1.0),
         "sdst": W(score_distillation=-5.0, latent_distance=-1.0),
+        "amortised": W(),  # nothing is optimised when it protects: one forward pass
     }
 
 

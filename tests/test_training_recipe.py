@@ -238,7 +238,7 @@ def test_sources_download_the_pinned_versions(tmp_path, monkeypatch):
             package, version = command[2].split("=")
             (Path(cwd) / f"{package}_{version.replace(':', '%3a')}_all.deb").touch()
         elif command[:2] == ["dpkg", "-x"]:
-            Path(command[3]).mkdir(parents=True)
+            Path(command[3]).mkdir()  # like dpkg -x: the parent folder must exist
 
     monkeypatch.setattr(sources.subprocess, "run", fake_run)
     sources.fetch_packages(folders)

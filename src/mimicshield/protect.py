@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
-from .methods import ProtectionMethod
+from .amortised import protect_amortised
+from .methods import Amortised, ProtectionMethod
 from .models import LatentDiffusion
 from .objectives import Conditioning, StepNoise, weighted_objective
 from .pgd import StepCallback, pgd
@@ -35,6 +38,10 @@ def protect(
     Returns:
         (B, 3, H, W) in [0, 1], same dtype and device as ``images``, within ``method.budget``.
 
+    Raises:
+        ValueError: bad images or mask, or a method that refuses ``model``
+            (``method.check_model``: an amortised protector trained against another model).
+
     Examples:
         >>> import torch
         >>> from mimicshield import METHODS, Budget, LatentDiffusion, protect
@@ -51,6 +58,9 @@ def protect(
     check_images(images)
     if mask is not None:
         check_mask(mask, images)
+    method.check_model(model)
+    if isinstance(method, Amortised):
+        return _one_pass(images, method, model, mask=mask, callback=callback)
     height, width = images.shape[-2:]
     padded = pad_to_multiple(images.detach().float(), model.vae_scale_factor)
     padded_mask = None if mask is None else pad_to_multiple(mask.float(), model.vae_scale_factor, 0)
@@ -78,6 +88,32 @@ def protect(
 
     # 5. Crop back; hand back in the caller's dtype and device.
     return protected[..., :height, :width].to(images.device, images.dtype)
+
+
+def _one_pass(
+    images: torch.Tensor,
+    method: Amortised,
+    model: LatentDiffusion,
+    *,
+    mask: torch.Tensor | None,
+    callback: StepCallback | None,
+) -> torch.Tensor:
+    """The amortised method: its network's one pass on the model's device and in its dtype.
+
+    The method's loaded network stays as loaded (float32, CPU: its record's weight digest must
+    not depend on the run); another device or dtype gets a converted copy (≈ 3 MB). The
+    callback is called once, as step 1 of 1, with NaN for the value: no objective is evaluated.
+    """
+    if method.budget.steps == 0:
+        return images.detach().clone()
+    network = method.network
+    if (network.device, network.dtype) != (model.device, model.dtype):
+        # nn.Module.to, not ModelMixin.to: diffusers warns on every dtype change of any model.
+        network = torch.nn.Module.to(copy.deepcopy(network), model.device, model.dtype)
+    protected = protect_amortised(images, network, eps=method.budget.eps, mask=mask)
+    if callback is not None:
+        callback(1, 1, float("nan"))
+    return protected
 
 
 def _conditioning(

@@ -62,6 +62,7 @@ def deb_pattern(package: str, version: str) -> str:
 def fetch_packages(folders: paths.Folders = paths.DEFAULT) -> None:
     """Download and unpack the pinned Debian packages once (``apt-get download`` + ``dpkg -x``)."""
     folders.debs.mkdir(parents=True, exist_ok=True)
+    folders.extract.mkdir(parents=True, exist_ok=True)  # dpkg -x creates one level only
     for package, version in PACKAGES.items():
         target = folders.extract / package
         if target.exists():

@@ -8,9 +8,14 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..methods import METHODS
 from ..models import DTYPES, versions
-from ..runtime.benchmark import REFERENCE_METHOD, BenchConfig, format_table, run_benchmark
+from ..runtime.benchmark import (
+    PGD_METHODS,
+    REFERENCE_METHOD,
+    BenchConfig,
+    format_table,
+    run_benchmark,
+)
 from ..runtime.speed import SpeedOptions
 from .options import EXIT_OK, CommandError, comma_list
 
@@ -33,8 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--methods",
-        default=",".join(METHODS),
-        help=f"comma-separated methods (default: all: {','.join(METHODS)})",
+        default=",".join(PGD_METHODS),
+        help=f"comma-separated PGD methods (default: all: {','.join(PGD_METHODS)})",
     )
     parser.add_argument(
         "--resolution", default="512", help="image side(s) in pixels (default: 512)"

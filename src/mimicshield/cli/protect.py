@@ -18,8 +18,8 @@ from ..imagefiles import (
     read_image,
     read_mask,
 )
-from ..methods import ProtectionMethod, TargetedMethod
-from ..models import default_dtypes, resolve_device
+from ..methods import Amortised, ProtectionMethod, TargetedMethod
+from ..models import DEFAULT_PROTECTOR, default_dtypes, resolve_device
 from ..runtime import (
     FileResult,
     Processes,
@@ -64,7 +64,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--step-size", type=float, default=1, help="PGD step in 0–255 units (default: 1)"
     )
-    parser.add_argument("--steps", type=int, default=100, help="PGD steps (default: 100)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=100,
+        help="PGD steps (default: 100); amortised: one forward pass whatever the count (0 "
+        "leaves the images unchanged)",
+    )
+    parser.add_argument(
+        "--protector",
+        default=DEFAULT_PROTECTOR,
+        help="the trained network of --method amortised: a folder written by `python -m "
+        "training.protector`, a hub id, or the bundled '%(default)s' (trained against --model "
+        "mini only)",
+    )
     parser.add_argument(
         "--noise-samples",
         type=int,
@@ -286,6 +299,8 @@ def _method(args: argparse.Namespace) -> ProtectionMethod:
         if target not in ("pattern", "gray"):
             target = read_image(target).pixels
         settings["target"] = target
+    if issubclass(method_class, Amortised):
+        settings["protector"] = args.protector
     try:
         return method_class(**settings)
     except ValueError as error:  # a setting out of range, named in the message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .advdm import AdvDM
 from .advdm_minus import AdvDMMinus
+from .amortised import Amortised, ProtectorMismatchError
 from .base import ProtectionMethod, TargetedMethod
 from .mist import Mist
 from .photoguard import PhotoGuard
@@ -12,7 +13,8 @@ from .sds_plus import SDSPlus
 from .sdst import SDST
 
 METHODS: dict[str, type[ProtectionMethod]] = {
-    method.name: method for method in (SDSMinus, SDSPlus, SDST, AdvDM, AdvDMMinus, PhotoGuard, Mist)
+    method.name: method
+    for method in (SDSMinus, SDSPlus, SDST, AdvDM, AdvDMMinus, PhotoGuard, Mist, Amortised)
 }
 
-__all__ = ["METHODS", "ProtectionMethod", "TargetedMethod"]
+__all__ = ["METHODS", "Amortised", "ProtectionMethod", "ProtectorMismatchError", "TargetedMethod"]

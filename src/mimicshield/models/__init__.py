@@ -6,6 +6,7 @@
 - ``random_weights``: configurations of random-weight models (``tiny`` for tests, ``sd15-random``
   for benchmarks) and the offline test tokenizer.
 - ``devices``: device and precision choice, and the versions that go into records.
+- ``protector``: the amortised protector's network (``PerturbationNetwork``) and its loading.
 """
 
 from __future__ import annotations
@@ -30,19 +31,23 @@ from .latent_diffusion import (
     model_notes,
     one_step_timestep,
 )
+from .protector import DEFAULT_PROTECTOR, PerturbationNetwork, load_protector
 
 __all__ = [
     "DEFAULT_MODEL",
+    "DEFAULT_PROTECTOR",
     "DTYPES",
     "INPAINTING_UNET_CHANNELS",
     "MINI_MODEL_DIR",
     "RANDOM_MODELS",
     "LatentDiffusion",
     "ModelUnavailableError",
+    "PerturbationNetwork",
     "cpu_has_bf16_instructions",
     "default_dtypes",
     "devices",
     "dtype_name",
+    "load_protector",
     "model_notes",
     "one_step_timestep",
     "resolve_device",

@@ -11,6 +11,7 @@ model serves all.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -217,6 +218,33 @@ class LatentDiffusion:
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),
         }
+
+    def config_digest(self) -> str:
+        """SHA-256 of the parts' configurations: which architecture and schedule this is.
+
+        What a trained protector records about its surrogate. Bookkeeping keys (``_name_or_path``,
+        library versions, the dtype) are left out, so a model loaded from another folder, in
+        another precision or built from the same config digests the same; two checkpoints of one
+        architecture (SD 1.5 and a fine-tune of it) do too: the digest tells configurations apart,
+        not weights.
+        """
+        bookkeeping = {"architectures", "dtype", "torch_dtype", "transformers_version"}
+        parts = {
+            "vae": dict(self.vae.config),
+            "unet": dict(self.unet.config),
+            "scheduler": dict(self.scheduler.config),
+            "text_encoder": self.text_encoder.config.to_dict(),
+        }
+        kept = {
+            part: {
+                key: value
+                for key, value in config.items()
+                if not key.startswith("_") and key not in bookkeeping
+            }
+            for part, config in parts.items()
+        }
+        canonical = json.dumps(kept, sort_keys=True, default=str)
+        return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
     # ------------------------------------------------------------- operations
 

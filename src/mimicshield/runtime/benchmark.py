@@ -31,7 +31,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..budget import Budget
-from ..methods import METHODS
+from ..methods import METHODS, Amortised
 from ..models import LatentDiffusion
 from ..protect import protect
 from .speed import SpeedOptions, configure
@@ -40,6 +40,9 @@ from .speed import SpeedOptions, configure
 REFERENCE_METHOD = "sds-"
 #: Steps of a default protection, for the per-image extrapolation.
 DEFAULT_STEPS = Budget().steps
+#: The methods this benchmark times: those with PGD steps. The amortised method runs one forward
+#: pass of its own network (bench/amortised_mini.py times it).
+PGD_METHODS = tuple(name for name, method in METHODS.items() if not issubclass(method, Amortised))
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class BenchConfig:
 
     Attributes:
         model: ``tiny``, ``mini``, ``sd15-random`` or a diffusers folder / hub id.
-        methods: names from ``METHODS``.
+        methods: names from ``PGD_METHODS`` (every method but ``amortised``).
         resolutions: square image sides in pixels.
         batch_sizes: images protected together.
         dtypes: network precisions (``fp32``, ``bf16``, ``fp16``); the perturbation stays fp32.
@@ -60,7 +63,7 @@ class BenchConfig:
     """
 
     model: str = "tiny"
-    methods: tuple[str, ...] = tuple(METHODS)
+    methods: tuple[str, ...] = PGD_METHODS
     resolutions: tuple[int, ...] = (512,)
     batch_sizes: tuple[int, ...] = (1,)
     dtypes: tuple[str, ...] = ("fp32",)
@@ -71,9 +74,13 @@ class BenchConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        unknown = [name for name in self.methods if name not in METHODS]
+        unknown = [name for name in self.methods if name not in PGD_METHODS]
         if unknown:
-            raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+            one_pass = " (amortised has no PGD steps: bench/amortised_mini.py times it)"
+            raise ValueError(
+                f"unknown methods {unknown}; choose from {', '.join(PGD_METHODS)}"
+                + (one_pass if "amortised" in unknown else "")
+            )
         if self.steps_timed < 1 or self.warmup_steps < 1:
             raise ValueError(
                 f"steps_timed and warmup_steps must be ≥ 1, got {self.steps_timed} and "

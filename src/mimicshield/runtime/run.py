@@ -159,7 +159,8 @@ def protect_files(
 
     Raises:
         files.InputError: the input list, the output folder or the tile settings cannot be
-            used.
+            used, or the method refuses the model (``ProtectionMethod.check_model``).
+        ModelUnavailableError: the method's own network (an amortised protector) is missing.
         memory.MemoryPlanError: not even the smallest image fits the memory budget (larger
             images that do not fit are refused one by one, in ``summary.failed``).
     """
@@ -183,6 +184,7 @@ def protect_files(
     #    refused by name. The model follows the chosen precision.
     try:
         options.large_images.check(model)
+        method.check_model(model)  # before any work: e.g. a protector trained for another model
     except ValueError as error:
         raise InputError(str(error)) from None
     sizes = _declared_sizes(inputs, options.max_pixels)

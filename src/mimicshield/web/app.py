@@ -244,6 +244,7 @@ def build_app(settings: ServeSettings, folders: JobFolders) -> gr.Blocks:
                     prompt_text,
                 )
                 loaded = model.get(progress)
+                method_.check_model(loaded)  # e.g. a protector trained for another model
             except (UploadError, BudgetError, ModelUnavailableError, ValueError) as error:
                 cancellations.finish(session, flag)
                 return (str(error), *nothing)
