@@ -315,7 +315,7 @@ def fit_memory(
             size,
             height=height,
             width=width,
-            unet_backward_draws=job.method.noise_samples if job.method.weights().denoising else 0,
+            unet_backward_draws=job.method.unet_backward_draws,
             budget_bytes=budget,
             dtypes=dtypes,
             max_batch_size=batch,
