@@ -8,16 +8,17 @@ of the reference's (SDS− 100 × 1/255), paired on the same images.
 
 Cost (stage ``timing``, at Stable Diffusion 1.5 size with random weights, 512², bf16,
 channels_last, the way ``mimicshield protect`` runs on a CPU): every candidate is a count of
-steps of a few kinds (an SDS− step at full size, a PhotoGuard step at half size, ...). Each
-kind's seconds per step (median of the timed steps) and FLOPs per step (``FlopCounterMode``)
-are measured once with ``mimicshield.runtime.benchmark.measure``; a candidate costs
-Σ count × seconds and Σ count × FLOPs. The update rules add a few element-wise operations per
-step, nothing next to the networks, so steps of one kind cost the same whatever the rule.
+steps of a few kinds (an SDS− step at full size, a PCA− step at half size, ...). Each kind's
+seconds per step and FLOPs per step (``FlopCounterMode``) are measured with
+``mimicshield.runtime.benchmark.measure``, in interleaved rounds (median over rounds, see
+``run_timing``); a candidate costs Σ count × seconds and Σ count × FLOPs. The update rules add a
+few element-wise operations per step, nothing next to the networks, so steps of one kind cost
+the same whatever the rule.
 
 Stage ``table`` prints the table, writes the plot and the Markdown for bench/README.md.
 
     python bench/frontier.py --stage strength       # ≈ 1 h on one loaded core; resumable
-    python bench/frontier.py --stage timing         # ≈ 10 min; on an idle machine for figures
+    python bench/frontier.py --stage timing         # ≈ 5 min idle; on an idle machine
     python bench/frontier.py --stage table
 
 Results go to ``bench/results/frontier.json`` (``--output``), written after every candidate and
@@ -27,8 +28,8 @@ candidates). ``--candidates a,b`` runs some of them.
 Adding a candidate: append to ``CANDIDATES`` an object with ``name``, ``describe()`` (what the
 JSON keeps to recognise it), ``run(images, model, seed)`` (protect (6, 3, 64, 64) images with the
 miniature) and ``work()`` ({step kind: count}); a step kind is any hashable object with ``key``
-and ``measure(model, resolution)`` → {"seconds", "seconds_timed", "flops"}. ``pgd(...)`` below
-builds the PGD ones.
+and ``measure(model, resolution, steps_timed)`` → {"resolution", "seconds", "flops"} for the
+loaded SD-1.5-size model. ``pgd(...)`` below builds the PGD ones.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ REFERENCE = "reference"
 #: the reference's time.
 STRENGTH_SHARE = 0.9
 TIME_SHARE = 0.2
+#: The candidates ``mimicshield.presets`` took its presets from (labelled in the plot).
+PRESET_CANDIDATES = ("sds-5-momentum", "pca-1")
 
 
 # ------------------------------------------------------------------------------ candidates
@@ -88,7 +91,7 @@ class StepKind:
         return f"{self.method}@{self.scale:g}"
 
     def measure(self, model: LatentDiffusion, resolution: int, steps_timed: int) -> dict:
-        """Seconds (median) and FLOPs of one step on one image of side scale · resolution."""
+        """Seconds (median of the timed steps) and FLOPs of one step of side scale · resolution."""
         side = round(resolution * self.scale / model.vae_scale_factor) * model.vae_scale_factor
         row = measure(model, self.method, resolution=side, steps_timed=steps_timed)
         return {
@@ -265,6 +268,24 @@ def _coarse_to_fine_and_working_resolution() -> list[PGDCandidate]:
     ]
 
 
+def _second_round() -> list[PGDCandidate]:
+    """Added after the first run: fewer steps of the two winners, momentum and PCA−."""
+    return [
+        pgd("sds-8-momentum", method("sds-", 8, 12.5, update=MomentumUpdate())),
+        pgd("sds-5-momentum", method("sds-", 5, 20, update=MomentumUpdate())),
+        pgd("pca-3", method("pca-", 3, 6)),
+        pgd("pca-2", method("pca-", 2, 8)),
+        pgd("pca-1", method("pca-", 1, 16)),
+        pgd(
+            "coarse-20-momentum+sds-5-momentum",
+            (method("sds-", 20, 5, update=MomentumUpdate()), 0.5),
+            (method("sds-", 5, 4, update=MomentumUpdate()), 1.0),
+        ),
+        pgd("working-25-momentum", (method("sds-", 25, 4, update=MomentumUpdate()), 0.5)),
+        pgd("working-pca-5", (method("pca-", 5, 4), 0.5)),
+    ]
+
+
 CANDIDATES = [
     pgd(REFERENCE, method("sds-", 100, 1)),
     pgd("sds-80", method("sds-", 80, 1)),
@@ -272,6 +293,7 @@ CANDIDATES = [
     *_encoder_only(),
     *_warm_starts(),
     *_coarse_to_fine_and_working_resolution(),
+    *_second_round(),
 ]
 
 
@@ -309,14 +331,21 @@ def run_strength(document: dict, candidates: list, output: Path, redo: bool) -> 
         _save(document, output)
 
 
-def run_timing(document: dict, candidates: list, output: Path, steps_timed: int) -> None:
-    """Seconds and FLOPs of every step kind the candidates use, at SD 1.5 size (replaces old)."""
+def run_timing(document: dict, candidates: list, output: Path, rounds: int) -> None:
+    """Seconds and FLOPs of every step kind the candidates use, at SD 1.5 size (replaces old).
+
+    The kinds are timed in ``rounds`` interleaved rounds, one timed step of each kind per round
+    (after its own warm-up step), and a kind's figure is the median over the rounds: whatever
+    else loads the machine meanwhile weighs on every kind alike, so their ratios hold even
+    when the absolute seconds do not. The load average is recorded with every round.
+    """
     kinds = sorted({kind for c in candidates for kind in c.work()}, key=lambda k: k.key)
     model = LatentDiffusion.from_pretrained("sd15-random", device="cpu", dtype="bf16")
     configure(model, SpeedOptions(channels_last=True))
     timing = document.setdefault("timing", {})
     timing["machine"] = {
         "cpu": device_name(torch.device("cpu")),
+        "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -324,22 +353,28 @@ def run_timing(document: dict, candidates: list, output: Path, steps_timed: int)
         "dtype": "bf16",
         "channels_last": True,
         "resolution": 512,
-        "steps_timed": steps_timed,
+        "rounds": rounds,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    kinds_done = timing.setdefault("kinds", {})
-    for kind in kinds:
-        load_before = os.getloadavg()
-        row = kind.measure(model, 512, steps_timed)
-        row["load_average_before"] = [round(x, 2) for x in load_before]
-        row["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-        kinds_done[kind.key] = row
-        print(
-            f"{kind.key:<16} {row['seconds']:.2f} s/step at {row['resolution']}², "
-            f"{row['flops'] / 1e12:.3f} TFLOP, load {row['load_average_before'][0]:.2f}",
-            flush=True,
-        )
-        _save(document, output)
+    timing.setdefault("kinds", {})
+    measured: dict[str, dict] = {kind.key: {"seconds_per_round": [], "load_average": []}
+                                 for kind in kinds}  # fmt: skip
+    for round_index in range(rounds):
+        for kind in kinds:
+            load = os.getloadavg()
+            row = kind.measure(model, 512, steps_timed=1)
+            entry = measured[kind.key]
+            entry["seconds_per_round"].append(row["seconds"])
+            entry["load_average"].append([round(x, 2) for x in load])
+            entry.update(resolution=row["resolution"], flops=row["flops"])
+            entry["seconds"] = float(np.median(entry["seconds_per_round"]))
+            timing["kinds"][kind.key] = entry
+            print(
+                f"round {round_index + 1}/{rounds} {kind.key:<14} {row['seconds']:.2f} s/step at "
+                f"{row['resolution']}², {row['flops'] / 1e12:.3f} TFLOP, load {load[0]:.2f}",
+                flush=True,
+            )
+            _save(document, output)
 
 
 def frontier_rows(document: dict, candidates: list) -> list[dict]:
@@ -425,38 +460,62 @@ def choose(rows: list[dict]) -> dict[str, dict | None]:
     )}  # fmt: skip
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    """Strength (× noise) against CPU seconds per 512² image, frontier joined, goal shaded."""
+def family(candidate) -> str:
+    """The plot's colour group of a candidate."""
+    stages = getattr(candidate, "stages", ())
+    if not stages:
+        return "other"
+    if any(stage.scale != 1.0 for stage in stages):
+        return "half size (coarse to fine, working resolution)"
+    if len(stages) > 1:
+        return "warm start (encoder-only, then SDS−)"
+    method = stages[0].method
+    if method.name != "sds-":
+        return "encoder only (PCA−, PhotoGuard)"
+    if method.update.name != "sign":
+        return "SDS−, momentum or Adam"
+    return "SDS−, sign steps (constant or decaying)"
+
+
+def plot(rows: list[dict], candidates: list, path: Path, labels: set[str]) -> None:
+    """% of the reference's strength against CPU seconds per 512² image, frontier joined."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    families = {candidate.name: family(candidate) for candidate in candidates}
     timed = [row for row in rows if row["seconds"] is not None]
     base = next(row for row in timed if row["name"] == REFERENCE)
-    figure, axes = plt.subplots(figsize=(9, 6))
-    for row in timed:
-        low, high = row["ratio_ci"]
-        colour = "tab:red" if row["frontier"] else "tab:gray"
+    figure, axes = plt.subplots(figsize=(10, 6.5))
+    colours = dict(zip(sorted(set(families.values())), plt.get_cmap("tab10").colors, strict=False))
+    for group, colour in colours.items():
+        members = [row for row in timed if families[row["name"]] == group]
+        if not members:
+            continue
         axes.errorbar(
-            row["seconds"], row["ratio"], yerr=[[row["ratio"] - low], [high - row["ratio"]]],
-            fmt="o", color=colour, markersize=4, capsize=2, alpha=0.9,
+            [row["seconds"] for row in members],
+            [100 * row["share"] for row in members],
+            yerr=[[100 * (row["share"] - row["share_ci"][0]) for row in members],
+                  [100 * (row["share_ci"][1] - row["share"]) for row in members]],
+            fmt="o", color=colour, markersize=4, capsize=2, alpha=0.8, label=group,
         )  # fmt: skip
-        if row["frontier"] or row["name"] == REFERENCE:
-            axes.annotate(row["name"], (row["seconds"], row["ratio"]), fontsize=7,
+    for row in timed:
+        if row["frontier"] or row["name"] in labels:
+            axes.annotate(row["name"], (row["seconds"], 100 * row["share"]), fontsize=7,
                           xytext=(4, 4), textcoords="offset points")  # fmt: skip
     frontier = sorted((row for row in timed if row["frontier"]), key=lambda row: row["seconds"])
-    axes.step([row["seconds"] for row in frontier], [row["ratio"] for row in frontier],
-              where="post", color="tab:red", linewidth=1, label="frontier")  # fmt: skip
-    axes.axhline(STRENGTH_SHARE * base["ratio"], color="tab:blue", linestyle="--", linewidth=1,
+    axes.step([row["seconds"] for row in frontier], [100 * row["share"] for row in frontier],
+              where="post", color="black", linewidth=0.8, label="frontier (mean)")  # fmt: skip
+    axes.axhline(100 * STRENGTH_SHARE, color="tab:red", linestyle="--", linewidth=1,
                  label="90 % of the reference's strength")  # fmt: skip
     axes.axvline(TIME_SHARE * base["seconds"], color="tab:green", linestyle="--", linewidth=1,
                  label="1/5 of the reference's time")  # fmt: skip
     axes.set_xscale("log")
-    axes.set_xlabel("CPU seconds per 512² image (SD 1.5 size, bf16, 2 cores)")
-    axes.set_ylabel("SDEdit distance × noise control (mini, 6 held-out images, 5 seeds)")
-    axes.set_title("Protection strength against cost (95 % intervals over seeds × images)")
-    axes.legend(loc="lower right", fontsize=8)
+    axes.set_xlabel("CPU seconds per 512² image, SD 1.5 size, bf16, this run's timing stage")
+    axes.set_ylabel("% of the reference's strength (mini, paired 95 % interval)")
+    axes.set_title("Protection strength against cost: SDEdit distance × noise, as % of SDS− 100×1")
+    axes.legend(loc="lower right", fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -482,7 +541,9 @@ def main() -> None:
     parser.add_argument("--candidates", help="comma-separated names (default: all)")
     parser.add_argument("--output", type=Path, default=RESULTS / "frontier.json")
     parser.add_argument("--plot", type=Path, default=RESULTS / "frontier.png")
-    parser.add_argument("--steps-timed", type=int, default=3, help="timed steps per step kind")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved timing rounds (one step per kind each)"
+    )
     parser.add_argument("--redo", action="store_true", help="recompute chosen candidates")
     args = parser.parse_args()
 
@@ -500,7 +561,7 @@ def main() -> None:
         torch.set_num_threads(1)
         run_strength(document, chosen, args.output, args.redo)
     elif args.stage == "timing":
-        run_timing(document, chosen, args.output, args.steps_timed)
+        run_timing(document, chosen, args.output, args.rounds)
     else:
         rows = frontier_rows(document, chosen)
         print(format_table(rows))
@@ -508,7 +569,7 @@ def main() -> None:
         for label, row in picks.items():
             print(f"{label}: {row['name'] if row else 'none'}")
         if any(row["seconds"] is not None for row in rows):
-            plot(rows, args.plot)
+            plot(rows, chosen, args.plot, labels={REFERENCE, *PRESET_CANDIDATES})
 
 
 if __name__ == "__main__":

@@ -106,3 +106,17 @@ def test_protect_without_speed_records_no_preset(image_folder, tmp_path, run_cli
     assert record["speed_preset"] is None
     assert record["method"]["update"] == {"rule": "sign"}
     assert record["method"]["step_schedule"] == {"schedule": "constant"}
+
+
+def test_protect_speed_fast_runs_the_presets_method(
+    image_folder, tmp_path, run_cli, tiny_model_dir
+):
+    folder = image_folder("photo.jpg")
+    out = tmp_path / "out"
+    args = ("--model", tiny_model_dir, "--device", "cpu", "--eps", "6")
+    assert run_cli("protect", folder, "-o", out, "--speed", "fast", *args) == 0
+    record = json.loads(next(out.glob("protect-*.json")).read_text())
+    assert record["speed_preset"]["name"] == "fast" and record["speed_preset"]["overridden"] == {}
+    stage = SPEED_PRESETS["fast"].stages[0]
+    assert (record["method"]["method"], record["method"]["steps"]) == (stage.method, stage.steps)
+    assert record["method"]["eps_255"] == 6 and record["images"][0]["linf_255"] <= 6

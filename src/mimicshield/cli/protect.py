@@ -63,7 +63,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=list(SPEED_PRESETS),
         help="a named schedule chosen from the measured strength-versus-cost frontier (README, "
         "'Faster protection'): "
-        + "; ".join(f"{name}: {p.describe()} ({p.summary})" for name, p in SPEED_PRESETS.items())
+        + "; ".join(
+            f"{name}: {p.describe()} ({p.summary})".replace("%", "%%")  # argparse formats help
+            for name, p in SPEED_PRESETS.items()
+        )
         + f". The record names the preset and every parameter it set. Flags given explicitly "
         f"(--method, --steps, --step-size, --update, --step-decay) replace a one-stage preset's "
         f"values; --eps, --prompt, --target and --noise-samples apply to every stage (default: "
