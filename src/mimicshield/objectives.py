@@ -1,4 +1,4 @@
-"""What protection optimises: three loss primitives and their weighted sum (DESIGN §3).
+"""What protection optimises: four loss primitives and their weighted sum (DESIGN §3).
 
 - ``denoising_loss`` L_S = mean((ε_θ(z_t, t, c) − target)²), gradient through UNet and encoder.
 - ``latent_distance`` L_T = ‖z(x) − z(y)‖², summed, gradient through the encoder only.

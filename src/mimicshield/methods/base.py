@@ -49,7 +49,7 @@ class ProtectionMethod:
         check_positive(self.noise_samples, "noise samples")
 
     def weights(self) -> ObjectiveWeights:
-        """The objective this method maximises, as weights of the three primitives."""
+        """The objective this method maximises, as weights of the loss primitives."""
         raise NotImplementedError
 
     @property
