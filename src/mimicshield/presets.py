@@ -195,8 +195,8 @@ SPEED_PRESETS: dict[str, SpeedPreset] = {
             "fast",
             (PresetStage("pca-", 1, 16),),
             "the fastest candidate measured: one encoder-only posterior-collapse step, 126 % "
-            "[111 %, 158 %] of the reference's strength on the miniature in about 1/150 of "
-            "its time",
+            "[111 %, 158 %] of the reference's strength on the miniature in 1/145 of its "
+            "time",
         ),
     )
 }
