@@ -20,15 +20,20 @@ from mimicshield.imagefiles import read_image
 from mimicshield.metrics import latent_shift
 from mimicshield.mimicry import sdedit
 from mimicshield.models import MINI_MODEL_DIR
+from mimicshield.presets import DEFAULT_SPEED, SPEED_PRESETS
 
 SAMPLES = Path(__file__).resolve().parents[1] / "src" / "mimicshield" / "samples"
 BUDGET = Budget.from_255(eps=16, step_size=2, steps=30)
 STRENGTH = 0.3
 #: How much further than the noise control each method must push the SDEdit output (ratio of
 #: mean squared distances). Measured with these settings on the shipped model: 2.2× (AdvDM) to
-#: 8.5× (SDS−); 1.5 leaves room for numerical differences between machines while still
-#: failing if a method drifted to the control's level.
+#: 8.5× (SDS−) and 11.0× (PCA−); the --speed presets 8.9× (balanced) and 10.6× (fast). 1.5
+#: leaves room for numerical differences between machines while still failing if a method
+#: drifted to the control's level.
 MARGIN = 1.5
+METHOD_NAMES = ["sds-", "sds+", "sdst", "advdm", "advdm-", "photoguard", "mist", "pca-"]
+#: The --speed presets other than the reference (the frontier's picks, run at their schedules).
+FAST_PRESETS = [name for name in SPEED_PRESETS if name != DEFAULT_SPEED]
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +62,14 @@ def effects(mini, samples):
     """Method → (mean squared distance of SDEdit outputs to the clean one's, mean ‖Δz‖∞, ‖Δz‖₂)."""
     clean_mimicry = _mimic(mini, samples)
     perturbed = {"noise": noise_control(samples, BUDGET.eps, torch.Generator().manual_seed(0))}
-    for name in ("sds-", "sds+", "advdm", "photoguard", "mist", "sdst", "advdm-"):
+    for name in ("sds-", "sds+", "advdm", "photoguard", "mist", "sdst", "advdm-", "pca-"):
         method = METHODS[name](budget=BUDGET)
         perturbed[name] = protect(samples, method, mini, generator=torch.Generator().manual_seed(0))
+    for name in FAST_PRESETS:  # at their own schedules, the way --speed runs them
+        protection = SPEED_PRESETS[name].build(eps_255=BUDGET.eps * 255)
+        perturbed[name] = protect(
+            samples, protection, mini, generator=torch.Generator().manual_seed(0)
+        )
     results = {}
     for name, images in perturbed.items():
         distance = (_mimic(mini, images) - clean_mimicry).pow(2).mean().item()
@@ -92,7 +102,7 @@ def test_mini_name_resolves_everywhere_a_model_is_accepted(mini):
     assert decoded.shape == images.shape
 
 
-@pytest.mark.parametrize("name", ["sds-", "sds+", "sdst", "advdm", "advdm-", "photoguard", "mist"])
+@pytest.mark.parametrize("name", [*METHOD_NAMES, *FAST_PRESETS])
 def test_protection_moves_sdedit_further_than_random_noise(name, effects):
     distance, noise_distance = effects[name][0], effects["noise"][0]
     assert distance > MARGIN * noise_distance, (
@@ -100,7 +110,7 @@ def test_protection_moves_sdedit_further_than_random_noise(name, effects):
     )
 
 
-@pytest.mark.parametrize("name", ["sds-", "sds+", "sdst", "advdm", "advdm-", "photoguard", "mist"])
+@pytest.mark.parametrize("name", [*METHOD_NAMES, *FAST_PRESETS])
 def test_protection_shifts_the_latent_more_than_random_noise(name, effects):
     (_, linf, l2), (_, noise_linf, noise_l2) = effects[name], effects["noise"]
     assert linf > noise_linf, f"{name}: ‖Δz‖∞ {linf:.4f} vs noise control {noise_linf:.4f}"
