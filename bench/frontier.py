@@ -17,19 +17,22 @@ the same whatever the rule.
 
 Stage ``table`` prints the table, writes the plot and the Markdown for bench/README.md.
 
-    python bench/frontier.py --stage strength       # ≈ 1 h on one loaded core; resumable
-    python bench/frontier.py --stage timing         # ≈ 5 min idle; on an idle machine
+    python bench/frontier.py --stage strength       # ≈ 45 min on one loaded core; resumable
+    python bench/frontier.py --stage timing         # ≈ 10 min; on an idle machine
     python bench/frontier.py --stage table
 
 Results go to ``bench/results/frontier.json`` (``--output``), written after every candidate and
 step kind; a rerun skips what is there with the same settings (``--redo`` recomputes the chosen
 candidates). ``--candidates a,b`` runs some of them.
 
-Adding a candidate: append to ``CANDIDATES`` an object with ``name``, ``describe()`` (what the
-JSON keeps to recognise it), ``run(images, model, seed)`` (protect (6, 3, 64, 64) images with the
-miniature) and ``work()`` ({step kind: count}); a step kind is any hashable object with ``key``
-and ``measure(model, resolution, steps_timed)`` → {"resolution", "seconds", "flops"} for the
-loaded SD-1.5-size model. ``pgd(...)`` below builds the PGD ones.
+Adding a candidate: append to ``CANDIDATES`` an object with ``name``, ``steps`` (a few words for
+the table), ``describe()`` (what the JSON keeps to recognise it), ``run(images, model, seed)``
+(protect (6, 3, 64, 64) images with the miniature) and ``work()`` ({step kind: count}), then run
+``--stage strength --candidates NAME`` and ``--stage timing --candidates NAME`` for it alone
+(timing then measures only its kinds; compare seconds only within one timing run, or rerun
+every kind). A step kind is any hashable object with ``key`` and
+``measure(model, resolution, steps_timed)`` → {"resolution", "seconds", "flops"} for the loaded
+SD-1.5-size model. ``pgd(...)`` below builds the PGD ones.
 """
 
 from __future__ import annotations
@@ -370,6 +373,7 @@ def run_timing(document: dict, candidates: list, output: Path, rounds: int) -> N
             entry["seconds_per_round"].append(row["seconds"])
             entry["load_average"].append([round(x, 2) for x in load])
             entry.update(resolution=row["resolution"], flops=row["flops"])
+            entry["date"] = timing["machine"]["date"]
             entry["seconds"] = min(entry["seconds_per_round"])
             entry["median_seconds"] = float(np.median(entry["seconds_per_round"]))
             timing["kinds"][kind.key] = entry
