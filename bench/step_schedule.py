@@ -25,13 +25,10 @@ import time
 from pathlib import Path
 
 import torch
+from strength import SDEditProbe
 
 from mimicshield import METHODS, Budget, LatentDiffusion, protect
-from mimicshield.imagefiles import read_image
 from mimicshield.metrics import latent_shift, psnr
-from mimicshield.mimicry import sdedit
-
-SAMPLES = Path(__file__).resolve().parents[1] / "src" / "mimicshield" / "samples"
 
 
 def main() -> None:
@@ -55,19 +52,9 @@ def main() -> None:
 
     torch.set_num_threads(1)
     # The mimicry and the measurements always run in fp32, so precisions are compared fairly.
-    model = LatentDiffusion.from_pretrained(args.model, device="cpu", dtype="fp32")
+    probe = SDEditProbe.load(args.model, eps_255=args.eps, strength=args.strength)
     protector = LatentDiffusion.from_pretrained(args.model, device="cpu", dtype=args.dtype)
-    clean = torch.stack([read_image(path).pixels for path in sorted(SAMPLES.glob("*.png"))])
-
-    def mimic(images: torch.Tensor) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(0)
-        return sdedit(model, images, prompt="a photo", strength=args.strength,
-                      num_inference_steps=50, generator=generator)  # fmt: skip
-
-    reference = mimic(clean)
-    signs = torch.randint(0, 2, clean.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    control = (clean + signs * args.eps / 255).clamp(0, 1)
-    control_mse = (mimic(control) - reference).pow(2).mean().item()
+    control_mse = sum(probe.distances(probe.control(seed=0))) / len(probe.clean)
 
     rows = []
     for schedule in args.schedules.split(","):
@@ -75,10 +62,7 @@ def main() -> None:
         budget = Budget.from_255(args.eps, float(step_size), int(steps))
         for name in args.methods.split(","):
             method = METHODS[name](budget=budget, noise_samples=int(samples))
-            runs = [
-                _measure(method, protector, model, clean, mimic, reference, seed)
-                for seed in range(args.seeds)
-            ]
+            runs = [_measure(method, protector, probe, seed) for seed in range(args.seeds)]
             ratios = torch.tensor([run["sdedit_mse"] / control_mse for run in runs])
             row = {
                 "method": name,
@@ -106,15 +90,16 @@ def main() -> None:
         args.output.write_text(json.dumps(document, indent=1))
 
 
-def _measure(method, protector, model, clean, mimic, reference, seed: int) -> dict[str, float]:
-    """Protect ``clean`` with ``protector`` and one seed; measure with the fp32 ``model``."""
+def _measure(method, protector, probe: SDEditProbe, seed: int) -> dict[str, float]:
+    """Protect the samples with ``protector`` and one seed; measure with the probe's fp32 model."""
     started = time.perf_counter()
+    clean = probe.clean
     protected = protect(clean, method, protector, generator=torch.Generator().manual_seed(seed))
     seconds = time.perf_counter() - started
     return {
         "seconds": seconds,
-        "sdedit_mse": (mimic(protected) - reference).pow(2).mean().item(),
-        "latent_linf": latent_shift(model, clean, protected).latent_linf.mean().item(),
+        "sdedit_mse": sum(probe.distances(protected)) / len(clean),
+        "latent_linf": latent_shift(probe.model, clean, protected).latent_linf.mean().item(),
         "visible_psnr": psnr(protected, clean).mean().item(),
     }
 

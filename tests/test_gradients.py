@@ -104,3 +104,25 @@ def test_photoguard_gradient_is_the_latent_distance_gradient(tiny_model, images)
         latents = _raw_latents(tiny_model, x_ref, step.posterior_noise)
         (reference,) = torch.autograd.grad(-((latents - target_latents) ** 2).sum(), x_ref)
     torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("variance", [1e-8, 1.0])
+def test_posterior_collapse_gradient_is_the_kl_gradient_to_a_narrow_gaussian(
+    variance, tiny_model, images
+):
+    """L_PCA is KL(q(z|x) ‖ N(0, v·I)) less a constant: same gradient as torch's own KL."""
+    step, embeddings = _setup(tiny_model, images)
+    weights = ObjectiveWeights(posterior_collapse=-1.0, posterior_variance=variance)
+    with tiny_model.frozen():
+        x = images.clone().requires_grad_(True)
+        value = weighted_objective(tiny_model, x, weights, Conditioning(embeddings), step)
+        (ours,) = torch.autograd.grad(value, x)
+
+        x_ref = images.clone().requires_grad_(True)
+        posterior = tiny_model.vae.encode(x_ref * 2 - 1).latent_dist
+        prior = torch.distributions.Normal(0.0, variance**0.5)
+        kl = torch.distributions.kl_divergence(
+            torch.distributions.Normal(posterior.mean, posterior.std), prior
+        ).sum()
+        (reference,) = torch.autograd.grad(-kl, x_ref)
+    torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-6 * reference.abs().max())

@@ -20,17 +20,21 @@ from mimicshield.imagefiles import read_image
 from mimicshield.metrics import latent_shift
 from mimicshield.mimicry import sdedit
 from mimicshield.models import MINI_MODEL_DIR
+from mimicshield.presets import DEFAULT_SPEED, SPEED_PRESETS
 
 SAMPLES = Path(__file__).resolve().parents[1] / "src" / "mimicshield" / "samples"
 BUDGET = Budget.from_255(eps=16, step_size=2, steps=30)
 STRENGTH = 0.3
 #: How much further than the noise control each method must push the SDEdit output (ratio of
 #: mean squared distances). Measured with these settings on the shipped model: 2.2× (AdvDM) to
-#: 8.5× (SDS−), 9.3× for the shipped amortised protector; 1.5 leaves room for numerical
-#: differences between machines while still failing if a method drifted to the control's level.
+#: 8.5× (SDS−) and 11.0× (PCA−), 9.3× for the shipped amortised protector; the --speed presets
+#: 8.9× (balanced) and 10.6× (fast). 1.5 leaves room for numerical differences between machines
+#: while still failing if a method drifted to the control's level.
 MARGIN = 1.5
-#: Every method: the seven PGD methods and the shipped amortised protector (one forward pass).
-PROTECTIONS = ["sds-", "sds+", "sdst", "advdm", "advdm-", "photoguard", "mist", "amortised"]
+#: Every method: the seven PGD methods of the paper, PCA− and the shipped amortised protector.
+PROTECTIONS = ["sds-", "sds+", "sdst", "advdm", "advdm-", "photoguard", "mist", "pca-", "amortised"]
+#: The --speed presets other than the reference (the frontier's picks, run at their schedules).
+FAST_PRESETS = [name for name in SPEED_PRESETS if name != DEFAULT_SPEED]
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +66,11 @@ def effects(mini, samples):
     for name in PROTECTIONS:
         method = METHODS[name](budget=BUDGET)
         perturbed[name] = protect(samples, method, mini, generator=torch.Generator().manual_seed(0))
+    for name in FAST_PRESETS:  # at their own schedules, the way --speed runs them
+        protection = SPEED_PRESETS[name].build(eps_255=BUDGET.eps * 255)
+        perturbed[name] = protect(
+            samples, protection, mini, generator=torch.Generator().manual_seed(0)
+        )
     results = {}
     for name, images in perturbed.items():
         distance = (_mimic(mini, images) - clean_mimicry).pow(2).mean().item()
@@ -94,7 +103,7 @@ def test_mini_name_resolves_everywhere_a_model_is_accepted(mini):
     assert decoded.shape == images.shape
 
 
-@pytest.mark.parametrize("name", PROTECTIONS)
+@pytest.mark.parametrize("name", [*PROTECTIONS, *FAST_PRESETS])
 def test_protection_moves_sdedit_further_than_random_noise(name, effects):
     distance, noise_distance = effects[name][0], effects["noise"][0]
     assert distance > MARGIN * noise_distance, (
@@ -102,7 +111,7 @@ def test_protection_moves_sdedit_further_than_random_noise(name, effects):
     )
 
 
-@pytest.mark.parametrize("name", PROTECTIONS)
+@pytest.mark.parametrize("name", [*PROTECTIONS, *FAST_PRESETS])
 def test_protection_shifts_the_latent_more_than_random_noise(name, effects):
     (_, linf, l2), (_, noise_linf, noise_l2) = effects[name], effects["noise"]
     assert linf > noise_linf, f"{name}: ‖Δz‖∞ {linf:.4f} vs noise control {noise_linf:.4f}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from .budget import Budget, BudgetError
-from .methods import METHODS, ProtectionMethod
+from .methods import METHODS, ProtectionMethod, Stage, Staged
 from .models import DEFAULT_MODEL, LatentDiffusion, ModelUnavailableError
 from .protect import noise_control, protect
 from .resolution import protect_at_resolution
@@ -27,6 +27,8 @@ __all__ = [
     "ProtectionMethod",
     "RunOptions",
     "RunSummary",
+    "Stage",
+    "Staged",
     "noise_control",
     "protect",
     "protect_at_resolution",

@@ -1,10 +1,13 @@
-"""What protection optimises: three loss primitives and their weighted sum (DESIGN §3).
+"""What protection optimises: four loss primitives and their weighted sum (DESIGN §3).
 
 - ``denoising_loss`` L_S = mean((ε_θ(z_t, t, c) − target)²), gradient through UNet and encoder.
 - ``latent_distance`` L_T = ‖z(x) − z(y)‖², summed, gradient through the encoder only.
 - ``score_distillation``: a scalar whose gradient w.r.t. z is (ε̂ − ε) with ε̂ taken under
   no_grad, so w.r.t. the image it is the encoder's vector-Jacobian product J_Eᵀ(ε̂ − ε): one UNet
   forward, no UNet backward (Poole et al. 2022; Xue et al. 2024).
+- ``posterior_collapse`` L_PCA = KL(q(z|x) ‖ N(0, v·I)) up to a constant: how far the encoder's
+  posterior lies from a zero-mean Gaussian of variance v, gradient through the encoder only
+  (Guo et al. 2024).
 
 Each PGD step draws one ``StepNoise`` from the generator: a posterior noise for the encoding and
 K ≥ 1 diffusion draws (timestep, noise). The objective encodes the images once and evaluates only
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .models import LatentDiffusion
+from .models import LatentDiffusion, Posterior
 from .tensors import check_positive, randint, randn
 
 
@@ -32,6 +35,12 @@ class ObjectiveWeights:
     denoising: float = 0.0  # on L_S, the denoising (semantic) loss
     latent_distance: float = 0.0  # on L_T, the squared latent distance to the target
     score_distillation: float = 0.0  # on the SDS surrogate of L_S
+    posterior_collapse: float = 0.0  # on L_PCA, the posterior's KL to N(0, v·I)
+    posterior_variance: float = 1.0  # v of L_PCA (not a weight; used only with its term)
+
+    def __post_init__(self) -> None:
+        if not self.posterior_variance > 0:
+            raise ValueError(f"posterior variance v must be > 0, got {self.posterior_variance!r}")
 
 
 @dataclass(frozen=True)
@@ -135,6 +144,27 @@ def score_distillation(
     return (residual * latents.float()).sum()
 
 
+def posterior_collapse(posterior: Posterior, variance: float) -> torch.Tensor:
+    """L_PCA of Guo et al. 2024 (arXiv 2408.10901), summed over latent elements and the batch.
+
+    L_PCA(x) = ½ Σᵢ (−ln σᵢ² − 1 + (μᵢ² + σᵢ²) / v), with μ and σ the encoder posterior's mean
+    and standard deviation in the VAE's unscaled latent units: the KL divergence from
+    q(z|x) = N(μ, σ²) to N(0, v·I) less its constant d·ln(v)/2 (the unified loss of the paper's
+    method section, as written in the authors' README and ``loss.py``). Descending it with
+    v = 1e-8 drives μ and σ to zero ("concentration collapse", PCA−); ascending it with v = 1
+    spreads the posterior ("diffusion collapse", PCA+).
+
+    Args:
+        posterior: q(z|x) of a (B, 3, H, W) batch (``LatentDiffusion.posterior``).
+        variance: v > 0.
+
+    Returns:
+        A float32 scalar.
+    """
+    mean, logvar, std = (part.float() for part in (posterior.mean, posterior.logvar, posterior.std))
+    return 0.5 * (-logvar - 1 + (mean.square() + std.square()) / variance).sum()
+
+
 def weighted_objective(
     model: LatentDiffusion,
     images: torch.Tensor,
@@ -143,7 +173,8 @@ def weighted_objective(
     step: StepNoise,
 ) -> torch.Tensor:
     """Σ weight · term over the non-zero terms, from one encoding of ``images`` (B, 3, H, W)."""
-    latents = model.encode(images, step.posterior_noise)
+    posterior = model.posterior(images)
+    latents = posterior.latents(step.posterior_noise)
     value = torch.zeros((), device=latents.device)
     if weights.denoising:
         value = value + weights.denoising * denoising_loss(
@@ -158,5 +189,9 @@ def weighted_objective(
     if weights.score_distillation:
         value = value + weights.score_distillation * score_distillation(
             model, latents, conditioning.embeddings, step
+        )
+    if weights.posterior_collapse:
+        value = value + weights.posterior_collapse * posterior_collapse(
+            posterior, weights.posterior_variance
         )
     return value

@@ -1,8 +1,9 @@
-"""The one optimisation loop: L∞ projected sign-gradient ascent (PGD, Madry et al. 2018).
+"""The one optimisation loop: L∞ projected gradient ascent (PGD, Madry et al. 2018).
 
 Every method only supplies an objective to *maximise*; methods that descend a loss return its
 negative. Keeping the loop in one place means budget, mask, start and seeding behave the same for
-all of them.
+all of them. By default each step is the reference's sign step of constant size; the update rule
+and the step-size schedule (``updates``) are options the caller names explicitly.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 
 from .budget import Budget
 from .tensors import rand
+from .updates import CONSTANT, SIGN, StepSchedule, UpdateRule
 
 #: objective(images) -> scalar to maximise; images are (B, 3, H, W) float32 in [0, 1].
 Objective = Callable[[torch.Tensor], torch.Tensor]
@@ -26,7 +28,10 @@ def pgd(
     budget: Budget,
     *,
     random_start: bool = False,
+    start: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
+    update: UpdateRule = SIGN,
+    schedule: StepSchedule = CONSTANT,
     generator: torch.Generator | None = None,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
@@ -35,9 +40,14 @@ def pgd(
     Args:
         objective: maps perturbed images (B, 3, H, W) in [0, 1] to a scalar tensor.
         images: (B, 3, H, W) float in [0, 1]; never modified.
-        budget: radius, step size and number of steps.
+        budget: radius, step size (the first step's, under a decaying schedule) and steps.
         random_start: start from a uniform draw in the ball (AdvDM-style), not the clean image.
+        start: (B, 3, H, W) perturbation to start from instead (e.g. where an earlier run
+            ended); projected into the ball, [0, 1] and the mask first. Not with random_start.
         mask: (B or 1, 1, H, W) in [0, 1]; the perturbation is multiplied by it (1 = may change).
+        update: how a gradient becomes a step direction (default: its sign, the reference).
+        schedule: the step size of each step as a multiple of ``budget.step_size`` (default:
+            constant, the reference).
         generator: the only source of randomness (the random start).
         callback: called after every step with (step, steps, objective value).
 
@@ -59,23 +69,32 @@ def pgd(
         >>> bool(torch.allclose(brighter, images + 8 / 255))
         True
     """
+    if random_start and start is not None:
+        raise ValueError("give a start perturbation or a random start, not both")
     clean = images.detach().to(torch.float32)
     keep = torch.ones_like(clean[:, :1]) if mask is None else mask.to(clean)
 
-    # 1. Start: the clean image, or a uniform draw in the ball (zero steps change nothing).
-    if random_start and budget.eps > 0 and budget.steps > 0:
+    # 1. Start: the clean image, a given perturbation, or a uniform draw in the ball (zero steps
+    #    from a random start change nothing).
+    if start is not None:
+        delta = start.detach().to(clean)
+    elif random_start and budget.eps > 0 and budget.steps > 0:
         noise = rand(clean.shape, generator, device=clean.device)
         delta = (noise * 2 - 1) * budget.eps
     else:
         delta = torch.zeros_like(clean)
     delta = _feasible(clean, delta * keep, budget)
 
-    # 2. Steps: ascend the sign of the gradient, then project back into the ball and [0, 1].
+    # 2. Steps: move along the update rule's direction, then project back into the ball and
+    #    [0, 1]. With the defaults: x ← Π(x + α·sign(∇)).
+    state = None
     for step in range(1, budget.steps + 1):
         perturbed = (clean + delta).requires_grad_(True)
         value = objective(perturbed)
         (gradient,) = torch.autograd.grad(value, perturbed)
-        delta = _feasible(clean, delta + budget.step_size * gradient.sign() * keep, budget)
+        direction, state = update.step(gradient, state, step)
+        size = budget.step_size * schedule.factor(step, budget.steps)
+        delta = _feasible(clean, delta + size * direction * keep, budget)
         if callback is not None:
             callback(step, budget.steps, float(value.detach()))
     return (clean + delta).detach()

@@ -1,4 +1,9 @@
-"""``protect``: run a method on a batch of images with a model (the public entry point)."""
+"""``protect``: run a method, or stages of methods, on a batch of images with a model.
+
+The public entry point. A single method runs the shared PGD loop once at the images' size; a
+``Staged`` runs its stages in order, each from where the previous ended, shrinking the images
+for stages at a scale below 1 (``protect_at_size``) and enlarging the perturbation they find.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +12,24 @@ import copy
 import torch
 
 from .amortised import protect_amortised
-from .methods import Amortised, ProtectionMethod
+from .methods import Amortised, ProtectionMethod, Stage, Staged
 from .models import LatentDiffusion
 from .objectives import Conditioning, StepNoise, weighted_objective
 from .pgd import StepCallback, pgd
 from .targets import resolve_target
-from .tensors import check_images, check_mask, pad_to_multiple, randint
+from .tensors import check_images, check_mask, pad_to_multiple, randint, resize
+
+#: What ``protect`` runs: one configured method, or stages of them.
+Protection = ProtectionMethod | Staged
 
 
 def protect(
     images: torch.Tensor,
-    method: ProtectionMethod,
+    method: Protection,
     model: LatentDiffusion,
     *,
     mask: torch.Tensor | None = None,
+    start: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
@@ -29,11 +38,15 @@ def protect(
     Args:
         images: (B, 3, H, W) float in [0, 1], any H and W (padded to the VAE's multiple and
             cropped back). Not modified.
-        method: a configured method from ``METHODS``.
+        method: a configured method from ``METHODS``, or a ``Staged`` run of several.
         model: the latent diffusion model to protect against; its state is restored afterwards.
         mask: (B or 1, 1, H, W) in [0, 1]: 1 where the perturbation may go, 0 where pixels stay.
+        start: (B, 3, H, W) in [0, 1], an image to continue from (e.g. an earlier result for
+            the same images) instead of the method's own start; its difference from ``images``
+            is projected into the budget and the mask first.
         generator: the only source of randomness; same seed → same output.
-        callback: called after each PGD step with (step, steps, objective value).
+        callback: called after each PGD step with (step, steps, objective value); a ``Staged``
+            counts the steps of all its stages as one run.
 
     Returns:
         (B, 3, H, W) in [0, 1], same dtype and device as ``images``, within ``method.budget``.
@@ -54,16 +67,115 @@ def protect(
         >>> bool((protected - images).abs().max() <= 16 / 255)
         True
     """
-    # 1. Check the inputs and pad to the VAE's multiple.
+    # 1. Check the inputs.
     check_images(images)
     if mask is not None:
         check_mask(mask, images)
     method.check_model(model)
-    if isinstance(method, Amortised):
-        return _one_pass(images, method, model, mask=mask, callback=callback)
+    if start is not None:
+        check_images(start, "start")
+        if start.shape != images.shape:
+            raise ValueError(
+                f"start must have the images' shape {tuple(images.shape)}, got {tuple(start.shape)}"
+            )
+    native = images.detach().float()
+    current = None if start is None else start.detach().float()
+
+    # 2. Each stage from where the last ended; a lone method is one stage at full size.
+    stages = method.stages if isinstance(method, Staged) else (Stage(method),)
+    total = sum(stage.method.budget.steps for stage in stages)
+    done = 0
+    for stage in stages:
+        current = protect_at_size(
+            native,
+            stage.method,
+            model,
+            size=stage.size(*native.shape[-2:]),
+            mask=mask,
+            start=current,
+            generator=generator,
+            callback=_shifted(callback, done, total),
+        )
+        done += stage.method.budget.steps
+
+    # 3. Hand back in the caller's dtype and device.
+    return current.to(images.device, images.dtype)
+
+
+def protect_at_size(
+    images: torch.Tensor,
+    method: Protection,
+    model: LatentDiffusion,
+    *,
+    size: tuple[int, int],
+    mask: torch.Tensor | None = None,
+    start: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Protect at ``size`` (h, w) and add the enlarged perturbation to ``images``.
+
+    At the images' own size this is the PGD run itself. Smaller, the images, the mask and the
+    start's perturbation are shrunk (bicubic, antialiased), ``method`` runs there, and the
+    perturbation found is enlarged bicubically, masked and projected back into the budget and
+    [0, 1] around ``images``.
+
+    Args:
+        images: (B, 3, H, W) float32 in [0, 1], checked by the caller. Not modified.
+        method: a configured method or a ``Staged``.
+        model: the latent diffusion model.
+        size: (h, w) to optimise at, at most (H, W).
+        mask: (B or 1, 1, H, W) in [0, 1], or None.
+        start: (B, 3, H, W) in [0, 1] to continue from, or None for the method's own start.
+        generator: the only source of randomness.
+        callback: called after each PGD step with (step, steps, objective value).
+
+    Returns:
+        (B, 3, H, W) float32 in [0, 1], within ``method.budget`` of ``images`` (and equal to
+        them where ``mask`` is 0).
+    """
+    native_size = tuple(images.shape[-2:])
+    if tuple(size) == native_size:
+        if isinstance(method, Staged):
+            return protect(
+                images, method, model, mask=mask, start=start, generator=generator,
+                callback=callback,
+            )  # fmt: skip
+        if isinstance(method, Amortised):
+            return _one_pass(images, method, model, mask=mask, callback=callback)
+        return _run_pgd(images, method, model, mask, start, generator, callback)
+    small = resize(images, size).clamp(0, 1)
+    small_mask = None if mask is None else resize(mask.float(), size).clamp(0, 1)
+    small_start = None if start is None else (small + resize(start - images, size)).clamp(0, 1)
+    protected = protect(
+        small, method, model, mask=small_mask, start=small_start, generator=generator,
+        callback=callback,
+    )  # fmt: skip
+
+    # Enlarge the perturbation, not the image: the native detail stays.
+    delta = resize(protected.float() - small, native_size)
+    if mask is not None:
+        delta = delta * mask.to(delta)
+    delta = method.budget.project(delta)
+    return (images + delta).clamp(0, 1)
+
+
+def _run_pgd(
+    images: torch.Tensor,
+    method: ProtectionMethod,
+    model: LatentDiffusion,
+    mask: torch.Tensor | None,
+    start: torch.Tensor | None,
+    generator: torch.Generator | None,
+    callback: StepCallback | None,
+) -> torch.Tensor:
+    """The shared PGD loop on ``method``'s objective: (B, 3, H, W) float32 → protected float32."""
+    # 1. Pad to the VAE's multiple (edge-replicated, and the start with it).
     height, width = images.shape[-2:]
-    padded = pad_to_multiple(images.detach().float(), model.vae_scale_factor)
-    padded_mask = None if mask is None else pad_to_multiple(mask.float(), model.vae_scale_factor, 0)
+    factor = model.vae_scale_factor
+    padded = pad_to_multiple(images, factor)
+    padded_mask = None if mask is None else pad_to_multiple(mask.float(), factor, 0)
+    delta = None if start is None else pad_to_multiple(start, factor) - padded
 
     with model.frozen():
         # 2. What stays fixed: prompt embeddings and target latents, computed once.
@@ -80,14 +192,24 @@ def protect(
             objective,
             padded.to(model.device),
             method.budget,
-            random_start=method.random_start,
+            random_start=method.random_start and delta is None,
+            start=None if delta is None else delta.to(model.device),
             mask=None if padded_mask is None else padded_mask.to(model.device),
+            update=method.update,
+            schedule=method.step_schedule,
             generator=generator,
             callback=callback,
         )
 
-    # 5. Crop back; hand back in the caller's dtype and device.
-    return protected[..., :height, :width].to(images.device, images.dtype)
+    # 5. Crop back.
+    return protected[..., :height, :width].to(images.device)
+
+
+def _shifted(callback: StepCallback | None, done: int, total: int) -> StepCallback | None:
+    """A stage's (step, steps, value) callback reported as (done + step, total, value)."""
+    if callback is None:
+        return None
+    return lambda step, steps, value: callback(done + step, total, value)
 
 
 def _one_pass(

@@ -19,12 +19,10 @@ Resampling, with torch's ``interpolate`` (it stays on the tensors' device and in
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from .methods import ProtectionMethod
 from .models import LatentDiffusion
 from .pgd import StepCallback
-from .protect import protect
+from .protect import Protection, protect_at_size
 from .tensors import check_images, check_mask
 
 
@@ -48,16 +46,9 @@ def working_size(height: int, width: int, short_side: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, C, H, W) → (B, C, *size): bicubic, antialiased when shrinking; values not clipped."""
-    if tuple(images.shape[-2:]) == tuple(size):
-        return images
-    return F.interpolate(images, size=size, mode="bicubic", antialias=True, align_corners=False)
-
-
 def protect_at_resolution(
     images: torch.Tensor,
-    method: ProtectionMethod,
+    method: Protection,
     model: LatentDiffusion,
     *,
     short_side: int,
@@ -69,7 +60,8 @@ def protect_at_resolution(
 
     Args:
         images: (B, 3, H, W) float in [0, 1], any H and W. Not modified.
-        method: a configured method from ``METHODS``; its budget applies to every native pixel.
+        method: a configured method from ``METHODS`` (or a ``Staged`` run of several); its budget
+            applies to every native pixel.
         model: the latent diffusion model; its state is restored afterwards.
         short_side: the shorter side, in pixels, at which to protect (e.g. 512 or 1024: the size
             the mimicking pipeline resizes to). Images already that small are protected natively.
@@ -89,18 +81,9 @@ def protect_at_resolution(
     native = images.detach().float()
     size = working_size(*native.shape[-2:], short_side)
 
-    # 2. Protect the shrunk images (the mask shrinks with them, so δ goes where it may).
-    small = resize(native, size).clamp(0, 1)
-    small_mask = None if mask is None else resize(mask.float(), size).clamp(0, 1)
-    protected = protect(
-        small, method, model, mask=small_mask, generator=generator, callback=callback
+    # 2. Protect the shrunk images (the mask shrinks with them, so δ goes where it may), then
+    #    enlarge the perturbation, not the image, and project it around the native images.
+    protected = protect_at_size(
+        native, method, model, size=size, mask=mask, generator=generator, callback=callback
     )
-
-    # 3. Enlarge the perturbation, not the image: the native detail stays.
-    delta = resize(protected.float() - small, tuple(native.shape[-2:]))
-    if mask is not None:
-        delta = delta * mask.to(delta)
-
-    # 4. Project into the ε-ball and [0, 1] around the native images.
-    delta = method.budget.project(delta)
-    return (native + delta).clamp(0, 1).to(images.device, images.dtype)
+    return protected.to(images.device, images.dtype)

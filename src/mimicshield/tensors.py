@@ -216,3 +216,14 @@ def pad_to_multiple(
     if value is None:
         return F.pad(tensor, pad, mode="replicate")
     return F.pad(tensor, pad, value=value)
+
+
+def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, C, H, W) → (B, C, *size): bicubic, antialiased when shrinking; values not clipped.
+
+    The resampling of working-resolution and coarse-stage protection (``resolution`` explains
+    the choice of kernel); ``images`` itself is returned when it already has that size.
+    """
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return F.interpolate(images, size=size, mode="bicubic", antialias=True, align_corners=False)

@@ -32,9 +32,8 @@ from typing import NamedTuple
 
 import torch
 
-from .methods import ProtectionMethod
 from .models import LatentDiffusion
-from .protect import protect
+from .protect import Protection, protect
 from .tensors import check_images, check_mask
 
 #: callback(tile, tiles, step, steps, value) after each PGD step: tile is 1-based like step.
@@ -118,7 +117,7 @@ def tile_cores(height: int, width: int, tile: int, overlap: int) -> list[Box]:
 
 def protect_tiled(
     images: torch.Tensor,
-    method: ProtectionMethod,
+    method: Protection,
     model: LatentDiffusion,
     *,
     tile: int,

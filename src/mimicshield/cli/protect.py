@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .. import METHODS, Budget
+from .. import METHODS
 from ..imagefiles import (
     DEFAULT_JPEG_QUALITY,
     DEFAULT_MAX_PIXELS,
@@ -18,8 +18,10 @@ from ..imagefiles import (
     read_image,
     read_mask,
 )
-from ..methods import Amortised, ProtectionMethod, TargetedMethod
+from ..methods import TargetedMethod
 from ..models import DEFAULT_PROTECTOR, default_dtypes, resolve_device
+from ..presets import DEFAULT_SPEED, SPEED_PRESETS
+from ..protect import Protection
 from ..runtime import (
     FileResult,
     Processes,
@@ -32,6 +34,7 @@ from ..runtime import (
 )
 from ..runtime.large_images import LARGE_IMAGE_WAYS, LargeImages, Tiles, WorkingResolution
 from ..runtime.memory import AUTO_MAX_BATCH
+from ..updates import STEP_SCHEDULES, UPDATE_RULES
 from .options import (
     EXIT_FAILED,
     EXIT_OK,
@@ -56,20 +59,51 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     parser.add_argument("-o", "--output", required=True, type=Path, help="folder for the copies")
     parser.add_argument(
-        "--method", default="sds-", choices=list(METHODS), help="protection method (default: sds-)"
+        "--speed",
+        choices=list(SPEED_PRESETS),
+        help="a named schedule chosen from the measured strength-versus-cost frontier (README, "
+        "'Faster protection'): "
+        + "; ".join(
+            f"{name}: {p.describe()} ({p.summary})".replace("%", "%%")  # argparse formats help
+            for name, p in SPEED_PRESETS.items()
+        )
+        + f". The record names the preset and every parameter it set. Flags given explicitly "
+        f"(--method, --steps, --step-size, --update, --step-decay) replace a one-stage preset's "
+        f"values; --eps, --prompt, --target and --noise-samples apply to every stage (default: "
+        f"{DEFAULT_SPEED}'s schedule, which is also what the flags' defaults give)",
+    )
+    parser.add_argument(
+        "--method",
+        choices=list(METHODS),
+        help="protection method (default: sds-, or the --speed preset's)",
     )
     parser.add_argument(
         "--eps", type=float, default=16, help="L∞ budget in 0–255 units (default: 16, i.e. 16/255)"
     )
     parser.add_argument(
-        "--step-size", type=float, default=1, help="PGD step in 0–255 units (default: 1)"
+        "--step-size",
+        type=float,
+        help="PGD step in 0–255 units; the first step's under a decaying --step-decay "
+        "(default: 1, or the --speed preset's)",
     )
     parser.add_argument(
         "--steps",
         type=int,
-        default=100,
-        help="PGD steps (default: 100); amortised: one forward pass whatever the count (0 "
-        "leaves the images unchanged)",
+        help="PGD steps (default: 100, or the --speed preset's); amortised: one forward pass "
+        "whatever the count (0 leaves the images unchanged)",
+    )
+    parser.add_argument(
+        "--update",
+        choices=list(UPDATE_RULES),
+        help="how a step turns the gradient into a move: sign (the reference), momentum "
+        "(MI-FGSM, decay 1) or adam (projected Adam, betas 0.9/0.999) (default: sign, or the "
+        "--speed preset's)",
+    )
+    parser.add_argument(
+        "--step-decay",
+        choices=list(STEP_SCHEDULES),
+        help="step size over the run: constant (the reference), or linear/cosine from --step-size "
+        "down to a tenth of it at the last step (default: constant, or the --speed preset's)",
     )
     parser.add_argument(
         "--protector",
@@ -201,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_settings(image_format, args.quality)
     except ValueError as error:
         raise CommandError(f"--quality: {error}") from None
-    method = _method(args)
+    method, preset_record = _method(args)
     options = RunOptions(
         seed=args.seed,
         mask=None if args.mask is None else read_mask(args.mask),
@@ -213,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
         memory_budget_bytes=memory_budget(args.max_memory),
         resume=args.resume,
         large_images=_large_images(args),
+        speed_preset=preset_record,
         record_extra={"command": sys.argv},
     )
 
@@ -269,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_FAILED if summary.failed else EXIT_OK
 
 
-def _print_summary(summary: RunSummary, method: ProtectionMethod) -> None:
+def _print_summary(summary: RunSummary, method: Protection) -> None:
     results, reused = summary.results, summary.reused
     print(
         f"protected {len(results) - len(summary.failed)} of {len(results)} images with "
@@ -286,25 +321,39 @@ def _print_summary(summary: RunSummary, method: ProtectionMethod) -> None:
             )
 
 
-def _method(args: argparse.Namespace) -> ProtectionMethod:
-    """The configured method; the target image is read here so a bad file fails early."""
-    method_class = METHODS[args.method]
-    settings = {
-        "budget": Budget.from_255(args.eps, args.step_size, args.steps),
-        "prompt": args.prompt,
-        "noise_samples": args.noise_samples,
+def _method(args: argparse.Namespace) -> tuple[Protection, dict[str, object] | None]:
+    """The configured protection and the preset's record (None without --speed).
+
+    Without --speed the flags' defaults are the reference schedule, so the preset builds
+    exactly what the flags say. The target image is read here so a bad file fails early.
+    """
+    preset = SPEED_PRESETS[args.speed or DEFAULT_SPEED]
+    overrides = {
+        "method": args.method,
+        "steps": args.steps,
+        "step_size_255": args.step_size,
+        "update": None if args.update is None else UPDATE_RULES[args.update](),
+        "step_schedule": None if args.step_decay is None else STEP_SCHEDULES[args.step_decay](),
     }
-    if issubclass(method_class, TargetedMethod):
-        target = args.target
-        if target not in ("pattern", "gray"):
-            target = read_image(target).pixels
-        settings["target"] = target
-    if issubclass(method_class, Amortised):
-        settings["protector"] = args.protector
+    names = [args.method] if args.method else [stage.method for stage in preset.stages]
+    target = args.target
+    if target not in ("pattern", "gray") and any(
+        issubclass(METHODS[name], TargetedMethod) for name in names
+    ):
+        target = read_image(target).pixels
     try:
-        return method_class(**settings)
-    except ValueError as error:  # a setting out of range, named in the message
-        raise CommandError(str(error)) from None
+        protection = preset.build(
+            eps_255=args.eps,
+            prompt=args.prompt,
+            target=target,
+            noise_samples=args.noise_samples,
+            protector=args.protector,
+            **overrides,
+        )
+    except ValueError as error:  # a setting out of range, or a preset it cannot change
+        prefix = f"--speed {args.speed}: " if args.speed else ""
+        raise CommandError(prefix + str(error)) from None
+    return protection, None if args.speed is None else preset.as_record(overrides)
 
 
 def _large_images(args: argparse.Namespace) -> LargeImages:

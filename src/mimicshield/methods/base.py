@@ -10,6 +10,7 @@ import torch
 from ..budget import Budget
 from ..objectives import ObjectiveWeights
 from ..tensors import check_positive
+from ..updates import CONSTANT, SIGN, StepSchedule, UpdateRule
 
 if TYPE_CHECKING:
     from ..models import LatentDiffusion
@@ -31,6 +32,10 @@ class ProtectionMethod:
         noise_samples: diffusion draws (t, ε) averaged per PGD step, K (reference: 1). One
             encoder pass serves all K; the UNet work grows K-fold (forward only for the SDS
             methods). PhotoGuard has no UNet term and gains nothing from it.
+        update: how a step turns the gradient into a direction (``updates``; reference: its
+            sign).
+        step_schedule: each step's size as a multiple of ``budget.step_size`` (reference:
+            constant).
     """
 
     name: ClassVar[str]
@@ -40,12 +45,14 @@ class ProtectionMethod:
     prompt: str = "a photo"
     random_start: bool = False
     noise_samples: int = 1
+    update: UpdateRule = SIGN
+    step_schedule: StepSchedule = CONSTANT
 
     def __post_init__(self) -> None:
         check_positive(self.noise_samples, "noise samples")
 
     def weights(self) -> ObjectiveWeights:
-        """The objective this method maximises, as weights of the three primitives."""
+        """The objective this method maximises, as weights of the loss primitives."""
         raise NotImplementedError
 
     def check_model(self, model: LatentDiffusion) -> None:
@@ -54,6 +61,11 @@ class ProtectionMethod:
         PGD methods optimise against whatever model they are given, so they accept every model;
         a method tied to one model (``amortised``) refuses the others here, before any work.
         """
+
+    @property
+    def unet_backward_draws(self) -> int:
+        """Noise draws per step that the UNet is differentiated for (0: no UNet backward)."""
+        return self.noise_samples if self.weights().denoising else 0
 
     @property
     def needs_target(self) -> bool:
@@ -67,6 +79,8 @@ class ProtectionMethod:
             value = getattr(self, item.name)
             if isinstance(value, Budget):
                 record.update(value.as_record())
+            elif isinstance(value, UpdateRule | StepSchedule):
+                record[item.name] = value.as_record()
             elif isinstance(value, torch.Tensor):
                 record[item.name] = f"image {tuple(value.shape)}"
             else:

@@ -1,8 +1,8 @@
 """The model adapter: the only package that imports diffusers/transformers model classes.
 
 - ``latent_diffusion``: ``LatentDiffusion``, loading and the operations protection, mimicry and
-  metrics need (encode, decode, embed, noise, predict, target), and the schedule algebra (ᾱ_t,
-  x̂₀, the timestep of a strength).
+  metrics need (encode and the encoder's ``Posterior``, decode, embed, noise, predict, target),
+  and the schedule algebra (ᾱ_t, x̂₀, the timestep of a strength).
 - ``random_weights``: configurations of random-weight models (``tiny`` for tests, ``sd15-random``
   for benchmarks) and the offline test tokenizer.
 - ``devices``: device and precision choice, and the versions that go into records.
@@ -28,6 +28,7 @@ from .latent_diffusion import (
     MINI_MODEL_DIR,
     RANDOM_MODELS,
     LatentDiffusion,
+    Posterior,
     model_notes,
     one_step_timestep,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "LatentDiffusion",
     "ModelUnavailableError",
     "PerturbationNetwork",
+    "Posterior",
     "cpu_has_bf16_instructions",
     "default_dtypes",
     "devices",

@@ -40,6 +40,30 @@ RANDOM_MODELS = {"tiny": random_weights.TINY, "sd15-random": random_weights.SD15
 INPAINTING_UNET_CHANNELS = 9
 
 
+@dataclass(frozen=True)
+class Posterior:
+    """The encoder's q(z | x) = N(mean, exp(logvar)) in the VAE's own (unscaled) latent units.
+
+    Attributes:
+        mean: (B, C, h, w) μ, in the model's dtype.
+        logvar: (B, C, h, w) ln σ², clamped to [−30, 20] as diffusers does.
+        std: (B, C, h, w) σ = exp(logvar / 2).
+        scaling_factor: the VAE's latent scale (0.18215 for SD 1.x/2.x).
+    """
+
+    mean: torch.Tensor
+    logvar: torch.Tensor
+    std: torch.Tensor
+    scaling_factor: float
+
+    def latents(self, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Scaled latents: (μ + σ · noise) · scaling_factor, or μ · scaling_factor without noise."""
+        latents = self.mean
+        if noise is not None:
+            latents = latents + self.std * noise.to(latents)
+        return latents * self.scaling_factor
+
+
 @dataclass
 class LatentDiffusion:
     """A Stable Diffusion 1.x/2.x model seen through the operations mimicry needs.
@@ -277,12 +301,22 @@ class LatentDiffusion:
         Returns:
             (B, C, h, w) latents times the VAE's ``scaling_factor``, in the model's dtype.
         """
+        return self.posterior(images).latents(posterior_noise)
+
+    def posterior(self, images: torch.Tensor) -> Posterior:
+        """The encoder's diagonal Gaussian q(z | x) of images (B, 3, H, W) in [0, 1].
+
+        One encoder pass, differentiable in the images; ``Posterior.latents`` turns it into the
+        scaled latents ``encode`` returns.
+        """
         pixels = images.to(self.device, self.dtype) * 2 - 1
-        posterior = self.vae.encode(pixels).latent_dist
-        latents = posterior.mean
-        if posterior_noise is not None:
-            latents = latents + posterior.std * posterior_noise.to(latents)
-        return latents * self.vae.config.scaling_factor
+        distribution = self.vae.encode(pixels).latent_dist
+        return Posterior(
+            mean=distribution.mean,
+            logvar=distribution.logvar,
+            std=distribution.std,
+            scaling_factor=self.vae.config.scaling_factor,
+        )
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents (B, C, h, w) → images (B, 3, H, W) float32 in [0, 1]."""

@@ -31,10 +31,9 @@ from ..imagefiles import (
     read_image,
     write_image,
 )
-from ..methods import ProtectionMethod
 from ..metrics import latent_shift, psnr, ssim
 from ..models import LatentDiffusion
-from ..protect import protect
+from ..protect import Protection, protect
 from ..purify import jpeg
 from .files import plan_outputs
 from .large_images import LargeImages, WorkingResolution
@@ -84,7 +83,7 @@ class ProtectionJob:
     """Settings of one run over files.
 
     Attributes:
-        method: configured method (budget, prompt, target).
+        method: configured method (budget, prompt, target), or a ``Staged`` run of several.
         output_dir: where protected copies go; must not be a folder an input lives in.
         seed: each batch starts its own generator from this seed, so an image's result does not
             depend on which other files were in the run (with batch size 1).
@@ -100,7 +99,7 @@ class ProtectionJob:
         large_images: how images too large to protect whole are protected.
     """
 
-    method: ProtectionMethod
+    method: Protection
     output_dir: Path
     seed: int = 0
     batch_size: int = 1

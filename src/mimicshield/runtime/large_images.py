@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..methods import ProtectionMethod
 from ..models import LatentDiffusion
 from ..pgd import StepCallback
+from ..protect import Protection
 from ..resolution import protect_at_resolution, working_size
 from ..tensors import check_positive
 from ..tiling import protect_tiled, tile_grid
@@ -53,7 +53,7 @@ class WorkingResolution:
     def protect(
         self,
         images: torch.Tensor,
-        method: ProtectionMethod,
+        method: Protection,
         model: LatentDiffusion,
         *,
         mask: torch.Tensor | None,
@@ -130,7 +130,7 @@ class Tiles:
     def protect(
         self,
         images: torch.Tensor,
-        method: ProtectionMethod,
+        method: Protection,
         model: LatentDiffusion,
         *,
         mask: torch.Tensor | None,

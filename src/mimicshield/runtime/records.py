@@ -122,19 +122,27 @@ def is_done(entry: dict | None, output: Path, input_sha256: str) -> bool:
 def settings_fingerprint(job: ProtectionJob, model_name: str, dtype: str | torch.dtype) -> str:
     """SHA-256 of the settings that decide what a protected file looks like.
 
-    Included: the method's full record (budget, prompt, start, weights; a target image by its
-    content), the model's name and precision, the seed, the mask's content, the output format
-    ("auto" when each input keeps its own), the JPEG quality (for JPEG output only: it changes
-    nothing else), whether metadata is stripped, and the large-image way with its settings
-    (whether a given image goes that way is checked per image, see ``reuse_completed``).
+    Included: the method's full record (budget, prompt, start, update rule, step schedule,
+    weights, the stages of a staged run; a target image by its content), the model's name and
+    precision, the seed, the mask's content, the output format ("auto" when each input keeps its
+    own), the JPEG quality (for JPEG output only: it changes nothing else), whether metadata is
+    stripped, and the large-image way with its settings (whether a given image goes that way is
+    checked per image, see ``reuse_completed``).
     Left out on purpose: batch size, device, process count and speed switches (how the work is
     spread and computed, not what is asked for), and package versions (an upgrade should not
     redo finished work). A re-run skips an image only under the same fingerprint.
     """
     method = job.method.as_record()
-    target = getattr(job.method, "target", None)
-    if isinstance(target, torch.Tensor):
-        method["target"] = _tensor_sha256(target)
+    # A target image counts by its content (the record names only its shape), stage by stage.
+    stages = getattr(job.method, "stages", None)
+    for record, configured in (
+        zip(method["stages"], (stage.method for stage in stages), strict=True)
+        if stages is not None
+        else [(method, job.method)]
+    ):
+        target = getattr(configured, "target", None)
+        if isinstance(target, torch.Tensor):
+            record["target"] = _tensor_sha256(target)
     settings = {
         "method": method,
         "model": str(model_name),

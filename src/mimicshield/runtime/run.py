@@ -31,8 +31,8 @@ from ..imagefiles import (
     ImageFileError,
     declared_size,
 )
-from ..methods import ProtectionMethod
 from ..models import LatentDiffusion, dtype_name, resolve_dtype
+from ..protect import Protection
 from .files import InputError, plan_outputs
 from .jobs import FileResult, ProtectionJob, run_job
 from .large_images import LargeImages, WorkingResolution
@@ -110,6 +110,9 @@ class RunOptions:
             None leaves the model as it is.
         resume: skip inputs that an earlier run into the same folder protected with the same
             settings (same input bytes, output file still there).
+        speed_preset: the record of the speed preset the method was built from
+            (``presets.SpeedPreset.as_record``: its name, every parameter it set and what the
+            user set instead), written into the run's record; None: no preset was named.
         record_extra: more fields for the record (e.g. the command line that started the run).
     """
 
@@ -125,13 +128,14 @@ class RunOptions:
     dtypes: tuple[str, ...] | None = None
     speed: SpeedOptions | None = None
     resume: bool = True
+    speed_preset: dict[str, object] | None = None
     record_extra: dict[str, object] = field(default_factory=dict)
 
 
 def protect_files(
     inputs: Sequence[Path],
     output: Path,
-    method: ProtectionMethod,
+    method: Protection,
     model: LatentDiffusion,
     options: RunOptions = RunOptions(),
     *,
@@ -145,7 +149,7 @@ def protect_files(
     Args:
         inputs: image files, in the order the record lists them (``files.collect_inputs``).
         output: folder for the protected copies and the record ``protect-<UTC time>.json``.
-        method: the configured protection method.
+        method: the configured protection method, or a ``Staged`` run of several.
         model: the loaded model (converted or configured in place only as ``options`` say).
         options: seed, mask, format, memory and resume settings.
         processes: this process's place in an ``accelerate launch`` run; None: a lone process.
@@ -233,6 +237,7 @@ def protect_files(
         "inputs": [str(path) for path in inputs],
         "memory_plan": plan.as_record(),
         "speed": None if options.speed is None else options.speed.as_record(),
+        "speed_preset": options.speed_preset,
         "processes": processes.count,
         "resume": options.resume,
     }
@@ -317,7 +322,7 @@ def fit_memory(
             size,
             height=height,
             width=width,
-            unet_backward_draws=job.method.noise_samples if job.method.weights().denoising else 0,
+            unet_backward_draws=job.method.unet_backward_draws,
             budget_bytes=budget,
             dtypes=dtypes,
             max_batch_size=batch,
