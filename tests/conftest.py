@@ -306,3 +306,33 @@ def evaluation_folder(tmp_path):
         return folder, rows
 
     return make
+
+
+class Interrupted(Exception):
+    """Stands for a kill right after a training checkpoint was written."""
+
+
+@pytest.fixture
+def interrupt_and_resume(monkeypatch):
+    """``run(train, last, step)``: ``train()`` as if killed just after its first checkpoint.
+
+    The first call stops right after ``training.mini.checkpoint.save_training`` wrote ``last``
+    (which must then hold ``step``); the second call resumes from it and runs to the end.
+    """
+    from training.mini import checkpoint
+
+    def run(train, last: Path, step: int) -> None:
+        save = checkpoint.save_training
+
+        def save_then_stop(*args, **kwargs):
+            save(*args, **kwargs)
+            raise Interrupted
+
+        with monkeypatch.context() as patch:
+            patch.setattr(checkpoint, "save_training", save_then_stop)
+            with pytest.raises(Interrupted):
+                train()
+        assert checkpoint.load(last)["step"] == step
+        train()
+
+    return run

@@ -220,10 +220,6 @@ def synthetic_images(count: int = 8, side: int = 16) -> data.Images:
     return data.Images(train=pixels[2:], validation=pixels[:2], source="synthetic")
 
 
-class Interrupted(Exception):
-    """Stands for a kill right after a checkpoint was written."""
-
-
 def test_two_steps_export_a_protector_for_the_model(tmp_path):
     network = train.train(TINY_RUN, synthetic_images(), tmp_path / "run")
     train.export(network, tmp_path / "protector")
@@ -250,22 +246,15 @@ def test_the_command_trains_on_an_image_folder_and_writes_the_protector(image_fo
     assert load_protector(tmp_path / "protector").config.surrogate == "tiny"
 
 
-def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+def test_resume_equals_an_uninterrupted_run(tmp_path, interrupt_and_resume):
     settings = train.Settings(**{**TINY_RUN.__dict__, "steps": 4, "objective": "encoder"})
     images = synthetic_images()
     train.train(settings, images, tmp_path / "whole")
-    save = checkpoint.save_training
-
-    def save_then_stop(*args, **kwargs):
-        save(*args, **kwargs)
-        raise Interrupted
-
-    with monkeypatch.context() as patch:
-        patch.setattr(checkpoint, "save_training", save_then_stop)
-        with pytest.raises(Interrupted):
-            train.train(settings, images, tmp_path / "resumed")
-    assert checkpoint.load(tmp_path / "resumed" / "last.pt")["step"] == 2
-    train.train(settings, images, tmp_path / "resumed")
+    interrupt_and_resume(
+        lambda: train.train(settings, images, tmp_path / "resumed"),
+        tmp_path / "resumed" / "last.pt",
+        2,
+    )
     whole = checkpoint.load(tmp_path / "whole" / "last.pt")
     resumed = checkpoint.load(tmp_path / "resumed" / "last.pt")
     assert whole["step"] == resumed["step"] == 4

@@ -6,7 +6,6 @@ retrain; interrupted-and-resumed runs must equal uninterrupted ones bit for bit.
 
 import json
 import shutil
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -138,26 +137,6 @@ def test_two_step_run_exports_a_loadable_pipeline(trained):
     assert all(np.isfinite(v) for v in metrics["denoising_ratio"].values())
 
 
-class Interrupted(Exception):
-    """Stands for a kill right after a checkpoint was written."""
-
-
-def _interrupt_and_resume(monkeypatch, train: Callable[[], object], last: Path, step: int) -> None:
-    """Run ``train`` as if killed just after its first checkpoint (at ``step``), then rerun it."""
-    save = checkpoint.save_training
-
-    def save_then_stop(*args, **kwargs):
-        save(*args, **kwargs)
-        raise Interrupted
-
-    with monkeypatch.context() as patch:
-        patch.setattr(checkpoint, "save_training", save_then_stop)
-        with pytest.raises(Interrupted):
-            train()
-    assert checkpoint.load(last)["step"] == step
-    train()
-
-
 def _assert_identical(a, b, where: str = "state") -> None:
     """Nested checkpoint states are equal, tensors bit for bit."""
     if isinstance(a, torch.Tensor):
@@ -182,12 +161,11 @@ def _assert_same_training_state(whole: Path, resumed: Path, steps: int) -> None:
     _assert_identical(a, b)
 
 
-def test_vae_resume_equals_uninterrupted_run(trained, tmp_path, monkeypatch):
+def test_vae_resume_equals_uninterrupted_run(trained, tmp_path, interrupt_and_resume):
     settings = RESUMED_VAE
     whole, resumed = (_folders(tmp_path / run, trained.folders.data) for run in ("a", "b"))
     vae.train(whole, settings)
-    _interrupt_and_resume(
-        monkeypatch,
+    interrupt_and_resume(
         lambda: vae.train(resumed, settings),
         resumed.vae_run / "last.pt",
         settings.save_every,
@@ -197,15 +175,14 @@ def test_vae_resume_equals_uninterrupted_run(trained, tmp_path, monkeypatch):
     )
 
 
-def test_unet_resume_equals_uninterrupted_run(trained, tmp_path, monkeypatch):
+def test_unet_resume_equals_uninterrupted_run(trained, tmp_path, interrupt_and_resume):
     settings = RESUMED_UNET
     whole, resumed = (_folders(tmp_path / run, trained.folders.data) for run in ("a", "b"))
     for folders in (whole, resumed):  # the tokenizer and latents the UNet stage starts from
         shutil.copytree(trained.folders.tokenizer, folders.tokenizer)
         shutil.copy(trained.folders.latents, folders.latents)
     unet.train(whole, settings)
-    _interrupt_and_resume(
-        monkeypatch,
+    interrupt_and_resume(
         lambda: unet.train(resumed, settings),
         resumed.unet_run / "last.pt",
         settings.save_every,
