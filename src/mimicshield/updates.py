@@ -33,8 +33,28 @@ def _per_image_mean_abs(gradient: torch.Tensor) -> torch.Tensor:
     return torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
+class _Recorded:
+    """What every rule and schedule shares: its ``name`` and settings in the run's record."""
+
+    name: ClassVar[str]
+    #: The record's key for ``name``: "rule" or "schedule".
+    kind: ClassVar[str]
+
+    def as_record(self) -> dict[str, object]:
+        """The name and settings, for the run's record (the subclasses are dataclasses)."""
+        return {self.kind: self.name, **asdict(self)}
+
+
+class _Rule(_Recorded):
+    kind = "rule"
+
+
+class _Schedule(_Recorded):
+    kind = "schedule"
+
+
 @dataclass(frozen=True)
-class SignUpdate:
+class SignUpdate(_Rule):
     """The reference: direction = sign(∇), every pixel moved by exactly ±α (Madry et al. 2018)."""
 
     name: ClassVar[str] = "sign"
@@ -45,13 +65,9 @@ class SignUpdate:
         """(direction, state) for ``gradient`` (B, 3, H, W); ``step`` counts from 1."""
         return gradient.sign(), None
 
-    def as_record(self) -> dict[str, object]:
-        """The rule's name and settings, for the run's record."""
-        return {"rule": self.name, **asdict(self)}
-
 
 @dataclass(frozen=True)
-class MomentumUpdate:
+class MomentumUpdate(_Rule):
     """MI-FGSM (Dong et al., CVPR 2018, Eq. 6–7): g ← μ·g + ∇/‖∇‖₁; direction = sign(g).
 
     The L1 norm is each image's own (over its channels and pixels), so that every step adds a
@@ -77,13 +93,9 @@ class MomentumUpdate:
         accumulated = normalised if state is None else self.decay * state[0] + normalised
         return accumulated.sign(), (accumulated,)
 
-    def as_record(self) -> dict[str, object]:
-        """The rule's name and settings, for the run's record."""
-        return {"rule": self.name, **asdict(self)}
-
 
 @dataclass(frozen=True)
-class AdamUpdate:
+class AdamUpdate(_Rule):
     """Adam (Kingma & Ba, ICLR 2015, Algorithm 1) as the step direction, then projected.
 
     direction = m̂ / (√v̂ + ε̂), with m and v the bias-corrected running means of the gradient and
@@ -123,13 +135,9 @@ class AdamUpdate:
         second_hat = second / (1 - self.beta2**step)
         return first_hat / (second_hat.sqrt() + self.epsilon), (first, second)
 
-    def as_record(self) -> dict[str, object]:
-        """The rule's name and settings, for the run's record."""
-        return {"rule": self.name, **asdict(self)}
-
 
 @dataclass(frozen=True)
-class ConstantStep:
+class ConstantStep(_Schedule):
     """The reference: α at every step."""
 
     name: ClassVar[str] = "constant"
@@ -138,13 +146,9 @@ class ConstantStep:
         """The multiple of α for ``step`` (1 … ``steps``): always 1."""
         return 1.0
 
-    def as_record(self) -> dict[str, object]:
-        """The schedule's name and settings, for the run's record."""
-        return {"schedule": self.name, **asdict(self)}
-
 
 @dataclass(frozen=True)
-class LinearDecay:
+class LinearDecay(_Schedule):
     """α at the first step, falling in a straight line to ``final`` · α at the last.
 
     Attributes:
@@ -162,13 +166,9 @@ class LinearDecay:
         progress = _progress(step, steps)
         return 1.0 - progress * (1.0 - self.final)
 
-    def as_record(self) -> dict[str, object]:
-        """The schedule's name and settings, for the run's record."""
-        return {"schedule": self.name, **asdict(self)}
-
 
 @dataclass(frozen=True)
-class CosineDecay:
+class CosineDecay(_Schedule):
     """α at the first step, falling along half a cosine to ``final`` · α at the last.
 
     Large steps last longer than with ``LinearDecay`` and the last few are nearly equal (the
@@ -188,10 +188,6 @@ class CosineDecay:
         """The multiple of α for ``step`` (1 … ``steps``): 1 at the first, ``final`` at the last."""
         progress = _progress(step, steps)
         return self.final + (1.0 - self.final) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    def as_record(self) -> dict[str, object]:
-        """The schedule's name and settings, for the run's record."""
-        return {"schedule": self.name, **asdict(self)}
 
 
 def _progress(step: int, steps: int) -> float:
