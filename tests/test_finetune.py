@@ -23,6 +23,7 @@ from mimicshield.mimicry import (
     train_lora,
 )
 from mimicshield.mimicry import scenarios as scenarios_module
+from mimicshield.models import StableDiffusion
 from mimicshield.objectives import StepNoise, denoising_loss
 
 #: Quick settings that move the tiny model visibly in a few steps.
@@ -71,7 +72,7 @@ def _mixed_state(model):
 def _held_out_loss(model, images, seed=123, draws=8):
     """The denoising loss of the instance prompt on fixed draws (no gradient)."""
     generator = torch.Generator().manual_seed(seed)
-    embeddings = model.embed([LORA.instance_prompt]).expand(len(images), -1, -1)
+    embeddings = model.embed([LORA.instance_prompt]).expand(len(images))
     with torch.no_grad(), model.frozen():
         noise = StepNoise.draw(model, images, generator, samples=draws)
         latents = model.encode(images, noise.posterior_noise)
@@ -202,7 +203,7 @@ def test_dreambooth_trains_a_copy_lowers_the_loss_and_never_touches_the_model(
         if not torch.equal(value, before["unet"]["weights"][key])
     ]
     assert moved
-    swapped = LatentDiffusion(
+    swapped = StableDiffusion(
         model.vae, tuned.unet, model.text_encoder, model.tokenizer, model.scheduler
     )
     assert _held_out_loss(swapped, images) < base_loss

@@ -40,7 +40,9 @@ def test_sds_gradient_is_the_encoder_vjp_of_the_noise_residual(model_fixture, im
         latents = _raw_latents(model, x_ref, step.posterior_noise)
         with torch.no_grad():
             noisy = model.scheduler.add_noise(latents, step.noise, step.timesteps)
-            output = model.unet(noisy, step.timesteps, encoder_hidden_states=embeddings).sample
+            output = model.unet(
+                noisy, step.timesteps, encoder_hidden_states=embeddings.hidden_states
+            ).sample
             if model.prediction_type == "v_prediction":
                 alpha_bar = model.scheduler.alphas_cumprod[step.timesteps].view(-1, 1, 1, 1)
                 output = alpha_bar.sqrt() * output + (1 - alpha_bar).sqrt() * noisy
@@ -63,7 +65,9 @@ def test_advdm_gradient_equals_full_autograd_through_the_unet(model_fixture, ima
         x_ref = images.clone().requires_grad_(True)
         latents = _raw_latents(model, x_ref, step.posterior_noise)
         noisy = model.scheduler.add_noise(latents, step.noise, step.timesteps)
-        output = model.unet(noisy, step.timesteps, encoder_hidden_states=embeddings).sample
+        output = model.unet(
+            noisy, step.timesteps, encoder_hidden_states=embeddings.hidden_states
+        ).sample
         if model.prediction_type == "v_prediction":
             target = model.scheduler.get_velocity(latents, step.noise, step.timesteps)
         else:

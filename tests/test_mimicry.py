@@ -30,6 +30,7 @@ from mimicshield.mimicry import (
     strokes_mask,
     textual_inversion,
 )
+from mimicshield.models import StableDiffusion
 from mimicshield.models.random_weights import TINY
 
 
@@ -198,7 +199,9 @@ def test_one_step_reconstruction_matches_ddim_x0_prediction(fixture, request, im
     with torch.no_grad():
         latents = model.encode(images, posterior_noise)
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        output = model.unet(noisy, timesteps, encoder_hidden_states=model.embed(["a photo"] * 2))
+        output = model.unet(
+            noisy, timesteps, encoder_hidden_states=model.embed(["a photo"] * 2).hidden_states
+        )
         x0 = scheduler.step(output.sample, 299, noisy).pred_original_sample
         expected = model.decode(x0)
     assert result.shape == images.shape
@@ -303,13 +306,13 @@ def test_inpaint_uses_the_inpainting_unet_when_it_has_nine_channels(tiny_model, 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         unet = UNet2DConditionModel(**{**TINY["unet"], "in_channels": 9})
-    model = LatentDiffusion(
+    model = StableDiffusion(
         tiny_model.vae,
         unet,
         tiny_model.text_encoder,
         tiny_model.tokenizer,
         tiny_model.scheduler,
-        "tiny-inpainting",
+        name="tiny-inpainting",
         random_weights=True,
     )
     seen_channels = []
@@ -386,8 +389,9 @@ def test_installed_token_only_inside_the_block_and_restored_after_an_error(tiny_
             zero = token.embed(tiny_model, [prompt])
             token.vector.fill_(1.0)
             one = token.embed(tiny_model, [prompt])
-            assert not torch.allclose(zero, one)  # the placeholder's row is the vector
-            assert torch.equal(token.embed(tiny_model, ["a photo"]), plain)  # others as before
+            assert not torch.allclose(zero.hidden_states, one.hidden_states)  # the new row
+            others = token.embed(tiny_model, ["a photo"]).hidden_states
+            assert torch.equal(others, plain.hidden_states)  # other prompts as before
             assert len(token.tokenizer) == vocab_size + 1
             raise RuntimeError("boom")
     assert tiny_model.text_encoder.get_input_embeddings() is table

@@ -193,4 +193,4 @@ def test_prompt_embeddings_are_computed_once(tiny_model, monkeypatch):
     )
     first = tiny_model.embed(["a painting", "a painting"])
     second = tiny_model.embed(["a painting"])
-    assert len(calls) == 1 and torch.equal(first[0], second[0])
+    assert len(calls) == 1 and torch.equal(first.hidden_states[0], second.hidden_states[0])

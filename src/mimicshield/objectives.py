@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .models import LatentDiffusion, Posterior
+from .models import LatentDiffusion, Posterior, PromptEmbeddings
 from .tensors import check_positive, randint, randn
 
 
@@ -48,11 +48,11 @@ class Conditioning:
     """What stays fixed over a protection run, computed once (no gradient).
 
     Attributes:
-        embeddings: (B, L, D) prompt hidden states.
+        embeddings: the prompts, encoded as the model's denoiser takes them.
         target_latents: (B, C, h, w) latents of the textural target, or None.
     """
 
-    embeddings: torch.Tensor
+    embeddings: PromptEmbeddings
     target_latents: torch.Tensor | None = None
 
 
@@ -103,15 +103,15 @@ def _per_draw(tensor: torch.Tensor, samples: int) -> torch.Tensor:
 def denoising_loss(
     model: LatentDiffusion,
     latents: torch.Tensor,
-    embeddings: torch.Tensor,
+    embeddings: PromptEmbeddings,
     step: StepNoise,
 ) -> torch.Tensor:
-    """L_S: mean squared error of the UNet's prediction against its own target (ε or v).
+    """L_S: mean squared error of the denoiser's prediction against its own target (ε, v or ε − z).
 
     Averaged over the step's K draws as well as over elements and batch.
     """
     latents = _per_draw(latents, step.samples)
-    embeddings = _per_draw(embeddings, step.samples)
+    embeddings = embeddings.repeat(step.samples)
     noisy = model.add_noise(latents, step.noise, step.timesteps)
     output = model.predict(noisy, step.timesteps, embeddings)
     target = model.target(latents, step.noise, step.timesteps)
@@ -126,19 +126,21 @@ def latent_distance(latents: torch.Tensor, target_latents: torch.Tensor) -> torc
 def score_distillation(
     model: LatentDiffusion,
     latents: torch.Tensor,
-    embeddings: torch.Tensor,
+    embeddings: PromptEmbeddings,
     step: StepNoise,
 ) -> torch.Tensor:
     """SDS surrogate ((ε̂ − ε).detach() · z).sum(): its gradient w.r.t. ``latents`` is ε̂ − ε.
 
-    ε̂ is the UNet's noise estimate in ε-form (converted from v for v-prediction models); with
-    K draws the residual ε̂ − ε is their mean.
+    ε̂ is the denoiser's noise estimate in ε-form (``model.predicted_noise``: the output itself
+    for ε-prediction, √ᾱ·(v̂ − v) + ε from v, z_t + (1 − σ)·v̂ from a flow velocity; see
+    ``models/flow.py`` for the flow-matching derivation); with K draws the residual ε̂ − ε is
+    their mean.
     """
     samples = step.samples
     with torch.no_grad():
         repeated = _per_draw(latents, samples)
         noisy = model.add_noise(repeated, step.noise, step.timesteps)
-        output = model.predict(noisy, step.timesteps, _per_draw(embeddings, samples))
+        output = model.predict(noisy, step.timesteps, embeddings.repeat(samples))
         residual = model.predicted_noise(output, noisy, step.timesteps) - step.noise.to(output)
         residual = residual.float().unflatten(0, (samples, -1)).mean(0)
     return (residual * latents.float()).sum()

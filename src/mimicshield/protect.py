@@ -172,7 +172,7 @@ def _run_pgd(
     """The shared PGD loop on ``method``'s objective: (B, 3, H, W) float32 → protected float32."""
     # 1. Pad to the VAE's multiple (edge-replicated, and the start with it).
     height, width = images.shape[-2:]
-    factor = model.vae_scale_factor
+    factor = model.size_multiple
     padded = pad_to_multiple(images, factor)
     padded_mask = None if mask is None else pad_to_multiple(mask.float(), factor, 0)
     delta = None if start is None else pad_to_multiple(start, factor) - padded

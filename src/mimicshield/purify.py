@@ -163,7 +163,7 @@ def diffusion_purify(
     check_strength(strength, "diffusion purification strength")
     timesteps = model.ddim_timesteps(model.one_step_timestep(strength), num_inference_steps)
     height, width = images.shape[-2:]
-    padded = pad_to_multiple(images.detach().float(), model.vae_scale_factor)
+    padded = pad_to_multiple(images.detach().float(), model.size_multiple)
 
     with model.frozen(), torch.no_grad():
         # 2. The latent (posterior mean: the purifier's only randomness is the noise), noised.

@@ -136,7 +136,7 @@ def protect_tiled(
         images: (B, 3, H, W) float in [0, 1], any H and W. Not modified.
         method: a configured method from ``METHODS``; its budget applies to every pixel.
         model: the latent diffusion model; its state is restored afterwards.
-        tile: tile side in pixels, a positive multiple of ``model.vae_scale_factor``.
+        tile: tile side in pixels, a positive multiple of ``model.size_multiple``.
         overlap: pixels shared by neighbouring tiles, 0 ≤ overlap < tile; the context a core
             pixel sees past a seam is at least overlap // 2.
         mask: (B or 1, 1, H, W) in [0, 1]: 1 where the perturbation may go, 0 where pixels stay.
@@ -219,7 +219,7 @@ def _check_tiling(tile: int, overlap: int) -> None:
 
 
 def _check_tile_for(model: LatentDiffusion, tile: int) -> None:
-    factor = model.vae_scale_factor
+    factor = model.size_multiple
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1 or tile % factor:
         raise ValueError(
             f"tile must be a positive multiple of the VAE's factor {factor}, got {tile!r}"

@@ -58,7 +58,7 @@ def latent_shift(
     """
     check_pair(protected, clean)
     pixel = (protected.double() - clean.double()).abs().flatten(1).amax(dim=1).cpu()
-    padded = pad_to_multiple(torch.cat([clean, protected]).float(), model.vae_scale_factor)
+    padded = pad_to_multiple(torch.cat([clean, protected]).float(), model.size_multiple)
     with model.frozen(), torch.no_grad():
         latents = model.encode(padded).double().cpu()
     before, after = latents.chunk(2)

@@ -2,46 +2,35 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
-
 import torch
-from diffusers import (
-    DDIMScheduler,
-    DiffusionPipeline,
-    StableDiffusionInpaintPipeline,
-    StableDiffusionPipeline,
-)
+from diffusers import DiffusionPipeline
 
 from ..models import LatentDiffusion
 from ..tensors import check_guidance, check_positive
 
-PipelineT = TypeVar("PipelineT", bound=DiffusionPipeline)
 
+def build_pipeline(task: str, model: LatentDiffusion, **overrides: object) -> DiffusionPipeline:
+    """The model family's diffusers pipeline for ``task`` over its loaded parts (nothing copied).
 
-def build_pipeline(
-    pipeline_class: type[PipelineT], model: LatentDiffusion, **overrides: object
-) -> PipelineT:
-    """A diffusers pipeline over ``model``'s already loaded parts, with a fresh DDIM scheduler.
-
-    Nothing is loaded or copied: the pipeline references the same networks. The scheduler is a
-    new object (pipelines set its timesteps) built from the model's config, so the shared one is
-    never mutated. No safety checker (research use on the user's own images) and no progress bar
-    (the library does not print). ``overrides`` replaces parts, e.g. an extended tokenizer.
+    ``task`` is "text2img", "img2img" or "inpaint"; ``overrides`` replaces parts, e.g. an
+    extended tokenizer or a sampling scheduler (``LatentDiffusion.pipeline``).
     """
-    parts = {
-        "vae": model.vae,
-        "text_encoder": model.text_encoder,
-        "tokenizer": model.tokenizer,
-        "unet": model.unet,
-        "scheduler": DDIMScheduler.from_config(model.scheduler.config),
-        "safety_checker": None,
-        "feature_extractor": None,
-        "requires_safety_checker": False,
-        **overrides,
-    }
-    pipeline = pipeline_class(**parts)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
+    return model.pipeline(task, **overrides)
+
+
+def guidance_arguments(model: LatentDiffusion, guidance_scale: float, batch: int) -> dict:
+    """A pipeline call's arguments for classifier-free guidance of weight ``guidance_scale``.
+
+    For every family but FLUX this is the pipelines' ``guidance_scale``. FLUX.1's
+    ``guidance_scale`` is the transformer's embedded guidance (the model's own, 3.5 by default);
+    classifier-free guidance there is ``true_cfg_scale`` against an empty negative prompt.
+    """
+    if model.family != "flux":
+        return {"guidance_scale": guidance_scale}
+    arguments = {"guidance_scale": model.guidance_scale, "true_cfg_scale": guidance_scale}
+    if guidance_scale > 1:
+        arguments["negative_prompt"] = [""] * batch
+    return arguments
 
 
 def to_caller(output: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -77,22 +66,22 @@ def text_to_image(
     check_positive(width, "width")
     check_positive(num_inference_steps, "num_inference_steps")
     check_guidance(guidance_scale)
-    multiple = max(8, model.vae_scale_factor)
+    multiple = max(8, model.size_multiple)
     size = (height + -height % multiple, width + -width % multiple)
     inputs = {
         "prompt": [prompt] * num_images,
         "height": size[0],
         "width": size[1],
         "num_inference_steps": num_inference_steps,
-        "guidance_scale": guidance_scale,
         "generator": generator,
         "output_type": "pt",
+        **guidance_arguments(model, guidance_scale, num_images),
     }
-    pipeline_class = StableDiffusionPipeline
+    task = "text2img"
     if model.is_inpainting:
         # An inpainting model generates from scratch when told to repaint a whole grey image.
-        pipeline_class = StableDiffusionInpaintPipeline
+        task = "inpaint"
         grey = torch.full((num_images, 3, *size), 0.5, device=model.device)
         inputs |= {"image": grey, "mask_image": torch.ones_like(grey[:, :1]), "strength": 1.0}
-    images = build_pipeline(pipeline_class, model, **overrides)(**inputs).images
+    images = build_pipeline(task, model, **overrides)(**inputs).images
     return images[..., :height, :width].float().clamp(0, 1)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models import LatentDiffusion
+from ..models import LatentDiffusion, PromptEmbeddings
 from ..objectives import StepNoise, denoising_loss
 from ..tensors import check_positive, pad_to_multiple, randint
 
@@ -33,16 +33,16 @@ class TrainingSet:
     Attributes:
         images: (N, 3, H, W) float32 in [0, 1] on the model's device, H and W multiples of the
             VAE's factor.
-        embeddings: (1, L, D) hidden states of the prompt, no gradient.
+        embeddings: the prompt (a batch of one), encoded for the denoiser, no gradient.
     """
 
     images: torch.Tensor
-    embeddings: torch.Tensor
+    embeddings: PromptEmbeddings
 
     @classmethod
     def of(cls, model: LatentDiffusion, images: torch.Tensor, prompt: str) -> TrainingSet:
         """Edge-pad ``images`` (N, 3, H, W) in [0, 1] to the VAE's multiple; embed ``prompt``."""
-        padded = pad_to_multiple(images.detach().float(), model.vae_scale_factor)
+        padded = pad_to_multiple(images.detach().float(), model.size_multiple)
         return cls(padded.to(model.device), model.embed([prompt]))
 
 
@@ -62,7 +62,7 @@ def minibatch_loss(
     noise = StepNoise.draw(model, batch, generator)
     with torch.no_grad():
         latents = model.encode(batch, noise.posterior_noise)
-    embeddings = training.embeddings.expand(batch_size, -1, -1)
+    embeddings = training.embeddings.expand(batch_size)
     return denoising_loss(model, latents, embeddings, noise)
 
 

@@ -1,6 +1,7 @@
 """Inpainting: repaint the masked part of an image under a prompt, keep the rest exactly.
 
-One diffusers pipeline (``StableDiffusionInpaintPipeline``) covers both cases of DESIGN §4:
+The family's diffusers inpainting pipeline (``StableDiffusionInpaintPipeline``, the SDXL, SD3
+and FLUX ones likewise) covers both cases of DESIGN §4:
 
 - an SD inpainting model (9-channel UNet: latent, mask and masked-image latent), the protocol's;
 - a base model (4-channel UNet), by latent blending: after each DDIM step the known region's
@@ -17,11 +18,10 @@ from __future__ import annotations
 import logging
 
 import torch
-from diffusers import StableDiffusionInpaintPipeline
 
 from ..models import LatentDiffusion
 from ..tensors import check_guidance, check_images, check_mask, check_positive, pad_to_multiple
-from ._common import build_pipeline, to_caller
+from ._common import build_pipeline, guidance_arguments, to_caller
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +72,10 @@ def inpaint(
     )
 
     # 2. Run the inpainting pipeline on the same parts, padded to the VAE's multiple.
-    factor = model.vae_scale_factor
+    factor = model.size_multiple
     padded = pad_to_multiple(images.detach().float(), factor)
     padded_mask = pad_to_multiple(repaint.float(), factor)
-    pipeline = build_pipeline(StableDiffusionInpaintPipeline, model)
+    pipeline = build_pipeline("inpaint", model)
     with model.frozen():
         generated = pipeline(
             prompt=[prompt] * len(images),
@@ -85,9 +85,9 @@ def inpaint(
             width=padded.shape[-1],
             strength=1.0,
             num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
             generator=generator,
             output_type="pt",
+            **guidance_arguments(model, guidance_scale, len(images)),
         ).images
 
     # 3. Crop back and paste the kept pixels from the input, bit for bit.

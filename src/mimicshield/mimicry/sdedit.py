@@ -24,6 +24,11 @@ Where our conventions differ from the paper's reference code (Diff-Protect ``att
 
 ``reference_conventions=True`` reproduces both of the reference's choices exactly.
 
+Flow-matching families (SD3, FLUX) run their own img2img pipelines with the Euler flow sampler:
+the latent is mixed with noise at the σ of the first of the last ⌊s·N⌋ steps and integrated from
+there, the same "re-run a fraction s of the schedule" meaning of strength; the reference's DDIM
+conventions do not apply to them.
+
 An inpainting model (9-channel UNet) is run as diffusers' inpainting pipeline with a mask that
 covers the whole image: the same noising and DDIM steps, with the UNet given the "repaint
 everything" condition (``LatentDiffusion.repaint_everything``), since it has no img2img mode.
@@ -35,7 +40,7 @@ import logging
 import math
 
 import torch
-from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
+from diffusers import DDIMScheduler
 
 from ..models import LatentDiffusion
 from ..tensors import (
@@ -46,7 +51,7 @@ from ..tensors import (
     pad_to_multiple,
     randn,
 )
-from ._common import build_pipeline, to_caller
+from ._common import build_pipeline, guidance_arguments, to_caller
 
 logger = logging.getLogger(__name__)
 
@@ -131,26 +136,33 @@ def sdedit(
     # exactly, whatever the float round-off.
     pipeline_strength = min(1.0, (steps + 0.5) / num_inference_steps)
 
-    # 2. Run the pipeline on the same parts, padded to the VAE's multiple.
-    padded = pad_to_multiple(images.detach().float(), model.vae_scale_factor).to(model.device)
-    scheduler_class = _ReferenceStartDDIM if reference_conventions else DDIMScheduler
-    scheduler = scheduler_class.from_config(model.scheduler.config)
+    # 2. Run the family's pipeline on the same parts, padded to the size multiple.
+    padded = pad_to_multiple(images.detach().float(), model.size_multiple).to(model.device)
+    overrides = {}
+    if reference_conventions:
+        if model.prediction_type == "flow":
+            raise ValueError(
+                "reference_conventions reproduce the reference's DDIM schedule; they do not apply "
+                f"to the flow-matching model '{model.name}' ({model.family})"
+            )
+        overrides["scheduler"] = _ReferenceStartDDIM.from_config(model.scheduler.config)
     inputs = {
         "prompt": [prompt] * len(images),
         "image": padded,
         "strength": pipeline_strength,
         "num_inference_steps": num_inference_steps,
-        "guidance_scale": guidance_scale,
         "generator": generator,
         "output_type": "pt",
+        **guidance_arguments(model, guidance_scale, len(images)),
     }
+    task = "img2img"
     if model.is_inpainting:
-        pipeline_class = StableDiffusionInpaintPipeline
+        task = "inpaint"
         whole = torch.ones_like(padded[:, :1])
         inputs |= {"mask_image": whole, "height": padded.shape[-2], "width": padded.shape[-1]}
-    else:
-        pipeline_class = StableDiffusionImg2ImgPipeline
-    pipeline = build_pipeline(pipeline_class, model, scheduler=scheduler)
+    elif model.prediction_type == "flow":
+        inputs |= {"height": padded.shape[-2], "width": padded.shape[-1]}
+    pipeline = build_pipeline(task, model, **overrides)
     with model.frozen():
         edited = pipeline(**inputs).images
 
@@ -170,7 +182,7 @@ def one_step_reconstruction(
     """Noise each latent to t = s·T, predict x̂₀ with one UNet call, decode it.
 
     x̂₀ = (z_t − √(1 − ᾱ_t) · ε̂) / √ᾱ_t with ε̂ the UNet's noise estimate (v-prediction models
-    are converted to ε first). No guidance.
+    are converted to ε first); x̂₀ = z_t − σ_t · v̂ for flow matching. No guidance.
 
     Args:
         model: the loaded model; its state is left as it was.
@@ -188,7 +200,7 @@ def one_step_reconstruction(
     timestep = model.one_step_timestep(strength)
     if reference_conventions:
         timestep = min(int(strength * model.num_train_timesteps), model.num_train_timesteps - 1)
-    padded = pad_to_multiple(images.detach().float(), model.vae_scale_factor)
+    padded = pad_to_multiple(images.detach().float(), model.size_multiple)
     shape = model.latent_shape(padded)
 
     with model.frozen(), torch.no_grad():

@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..models import LatentDiffusion
+from ..models import LatentDiffusion, PromptEmbeddings
 from ..objectives import StepNoise, denoising_loss
 from ..tensors import check_images, check_positive, pad_to_multiple, randint
 from ._common import text_to_image
@@ -182,7 +182,7 @@ class InstalledToken:
     tokenizer: PreTrainedTokenizerBase
     vector: nn.Parameter
 
-    def embed(self, model: LatentDiffusion, prompts: list[str]) -> torch.Tensor:
+    def embed(self, model: LatentDiffusion, prompts: list[str]) -> PromptEmbeddings:
         """Prompts → text-encoder hidden states (B, L, D), differentiable in ``vector``."""
         tokens = self.tokenizer(
             prompts,
@@ -191,7 +191,8 @@ class InstalledToken:
             truncation=True,
             return_tensors="pt",
         )
-        return model.text_encoder(tokens.input_ids.to(model.device))[0].to(model.dtype)
+        states = model.text_encoder(tokens.input_ids.to(model.device))[0]
+        return PromptEmbeddings(states.to(model.dtype))
 
 
 @contextlib.contextmanager
@@ -276,7 +277,7 @@ def learn_token(
     # 1. Check the inputs; the images are fixed, so move them once.
     config = TextualInversionConfig() if config is None else config
     check_images(images)
-    padded = pad_to_multiple(images.detach().float(), model.vae_scale_factor).to(model.device)
+    padded = pad_to_multiple(images.detach().float(), model.size_multiple).to(model.device)
     losses: list[float] = []
 
     with model.frozen():

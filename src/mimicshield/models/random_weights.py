@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import string
+import tempfile
 from pathlib import Path
 
 _SD_SCHEDULER = {
@@ -119,3 +120,12 @@ def write_test_tokenizer(folder: str | os.PathLike) -> None:
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
     (folder / "merges.txt").write_text("#version: 0.2\n")
     (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 77}))
+
+
+def test_clip_tokenizer():
+    """A ``CLIPTokenizer`` over ``write_test_tokenizer``'s vocabulary (random models' tokenizer)."""
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as folder:
+        write_test_tokenizer(folder)
+        return CLIPTokenizer.from_pretrained(folder)

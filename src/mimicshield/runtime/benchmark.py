@@ -283,7 +283,7 @@ def _status_kib(key: str) -> int | None:
 
 
 def _weights_bytes(model: LatentDiffusion) -> int:
-    networks = (model.vae, model.unet, model.text_encoder)
+    networks = model.networks
     return sum(p.numel() * p.element_size() for net in networks for p in net.parameters())
 
 

@@ -113,9 +113,9 @@ class Tiles:
                 smaller than the tile.
         """
         tile = self._tile(model)
-        if tile % model.vae_scale_factor:
+        if tile % model.size_multiple:
             raise ValueError(
-                f"tile must be a multiple of the VAE's factor {model.vae_scale_factor}, got {tile}"
+                f"tile must be a multiple of {model.size_multiple} for this model, got {tile}"
             )
         if not self._overlap(tile) < tile:
             raise ValueError(

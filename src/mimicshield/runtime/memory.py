@@ -86,7 +86,7 @@ class ModelSize:
     @classmethod
     def of(cls, model: LatentDiffusion) -> ModelSize:
         """Read the sizes from a loaded model's networks and configs."""
-        networks = (model.vae, model.unet, model.text_encoder)
+        networks = model.networks
         return cls(
             parameters=sum(p.numel() for net in networks for p in net.parameters()),
             vae_width=model.vae.config.block_out_channels[0],

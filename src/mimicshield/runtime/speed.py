@@ -63,10 +63,11 @@ def configure(model: LatentDiffusion, options: SpeedOptions) -> LatentDiffusion:
         RuntimeError: ``compile`` was asked for but this torch has no ``torch.compile``.
     """
     if options.channels_last:
-        for network in (model.vae, model.unet):
+        for network in (model.vae, model.denoiser):
             network.to(memory_format=torch.channels_last)
-    if options.attention_slicing:
-        model.unet.set_attention_slice("auto")
+    if options.attention_slicing and hasattr(model.denoiser, "set_attention_slice"):
+        # UNets slice attention; the transformers of SD3 and FLUX have no such switch.
+        model.denoiser.set_attention_slice("auto")
     if options.vae_tiling:
         model.vae.enable_tiling()
     if options.encoder_checkpointing:
@@ -78,5 +79,5 @@ def configure(model: LatentDiffusion, options: SpeedOptions) -> LatentDiffusion:
             raise RuntimeError("compiling needs torch ≥ 2.0 with torch.compile")
         # Compile the parts every step runs; dynamic=False: one image size per batch.
         model.vae.encoder.compile(dynamic=False)
-        model.unet.compile(dynamic=False)
+        model.denoiser.compile(dynamic=False)
     return model
