@@ -31,6 +31,8 @@ import torch
 from diffusers import AutoencoderKL, DiffusionPipeline
 
 from ..tensors import check_strength
+from . import random_weights
+from .random_weights import test_tokenizer
 
 
 @dataclass(frozen=True)
@@ -169,8 +171,19 @@ class LatentDiffusion:
 
     @classmethod
     def from_config(cls, config: dict, *, name: str, seed: int = 0) -> LatentDiffusion:
-        """Random weights from a ``random_weights`` configuration (one dict per part)."""
-        raise NotImplementedError
+        """Random weights from a ``random_weights`` configuration (one dict per part).
+
+        Parts the configuration leaves out (SD3's T5) are None; each text encoder gets the
+        offline test tokenizer of its kind.
+        """
+        parts = random_weights.random_parts(cls.family, config, seed=seed)
+        for index in ("", "_2", "_3"):
+            if f"tokenizer{index}" in cls.part_names:
+                encoder = parts.get(f"text_encoder{index}")
+                kind = "t5" if type(encoder).__name__.startswith("T5") else "clip"
+                parts[f"tokenizer{index}"] = None if encoder is None else test_tokenizer(kind)
+        parts = {part: parts.get(part) for part in cls.part_names}
+        return cls(**parts, name=name, random_weights=True)
 
     @classmethod
     def load_arguments(cls) -> dict[str, object]:
@@ -252,7 +265,7 @@ class LatentDiffusion:
     @property
     def native_resolution(self) -> int:
         """The side in pixels the denoiser was trained at (512 for SD 1.5, 1024 for SDXL)."""
-        return int(self.denoiser.config.sample_size) * self.size_multiple // self.patch_size
+        return int(self.denoiser.config.sample_size) * self.vae_scale_factor
 
     @property
     def patch_size(self) -> int:

@@ -13,20 +13,16 @@ from dataclasses import dataclass, field
 
 import torch
 from diffusers import (
-    AutoencoderKL,
     FlowMatchEulerDiscreteScheduler,
     FluxTransformer2DModel,
 )
 from transformers import (
-    CLIPTextConfig,
     CLIPTextModel,
     CLIPTokenizer,
     PreTrainedTokenizerBase,
-    T5Config,
     T5EncoderModel,
 )
 
-from . import random_weights
 from .base import PromptEmbeddings
 from .flow import FlowMatching
 
@@ -66,6 +62,16 @@ class Flux(FlowMatching):
     transformer: FluxTransformer2DModel
     scheduler: FlowMatchEulerDiscreteScheduler
     guidance_scale: float = field(default=DEFAULT_GUIDANCE, kw_only=True)
+
+    @property
+    def patch_size(self) -> int:
+        """2: the pipelines pack 2×2 latent cells into one token (the transformer's own is 1)."""
+        return 2
+
+    @property
+    def native_resolution(self) -> int:
+        """1024 for FLUX.1: the pipelines' default of 128 latent cells a side."""
+        return 128 * self.vae_scale_factor
 
     def describe(self) -> dict[str, object]:
         """The base facts and the embedded guidance."""
@@ -126,24 +132,3 @@ class Flux(FlowMatching):
             "img2img": FluxImg2ImgPipeline,
             "inpaint": FluxInpaintPipeline,
         }
-
-    @classmethod
-    def from_config(cls, config: dict, *, name: str, seed: int = 0) -> Flux:
-        """Random weights from a ``random_weights`` configuration."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            vae = AutoencoderKL(**config["vae"])
-            transformer = FluxTransformer2DModel(**config["transformer"])
-            clip = CLIPTextModel(CLIPTextConfig(**config["text_encoder"]))
-            t5 = T5EncoderModel(T5Config(**config["text_encoder_2"]))
-        return cls(
-            vae=vae,
-            text_encoder=clip,
-            text_encoder_2=t5,
-            tokenizer=random_weights.test_clip_tokenizer(),
-            tokenizer_2=random_weights.test_t5_tokenizer(),
-            transformer=transformer,
-            scheduler=FlowMatchEulerDiscreteScheduler(**config["scheduler"]),
-            name=name,
-            random_weights=True,
-        )

@@ -53,6 +53,12 @@ FAMILIES: tuple[type[LatentDiffusion], ...] = (
 RANDOM_MODELS: dict[str, tuple[type[LatentDiffusion], dict]] = {
     "tiny": (StableDiffusion, random_weights.TINY),
     "sd15-random": (StableDiffusion, random_weights.SD15),
+    "tiny-sdxl": (StableDiffusionXL, random_weights.TINY_SDXL),
+    "tiny-sd3": (StableDiffusion3, random_weights.TINY_SD3),
+    "tiny-flux": (Flux, random_weights.TINY_FLUX),
+    "sdxl-random": (StableDiffusionXL, random_weights.SDXL),
+    "sd35-medium-random": (StableDiffusion3, random_weights.SD35_MEDIUM),
+    "flux-dev-random": (Flux, random_weights.FLUX_DEV),
 }
 
 #: diffusers' single-file model types → our family (other types are not text-to-image LDMs).

@@ -10,15 +10,13 @@ from dataclasses import dataclass, field
 
 import torch
 from diffusers import (
-    AutoencoderKL,
     DDIMScheduler,
     DDPMScheduler,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..tensors import check_range
-from . import random_weights
 from .base import LatentDiffusion, PromptEmbeddings
 
 #: UNet input channels of an SD inpainting model: latent 4 + mask 1 + masked-image latent 4.
@@ -255,6 +253,18 @@ class StableDiffusion(LatentDiffusion):
         return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 
     @classmethod
+    def from_pipeline(cls, pipeline, *, name: str, random_weights: bool = False) -> StableDiffusion:
+        """The adapter over a loaded pipeline, its schedule read as the DDPM it was trained with.
+
+        Folders name their sampler (DDIM, PNDM, Euler) as the scheduler; the training schedule,
+        the same β's as a ``DDPMScheduler``, is what protection noises with, and what the config
+        digest of a protector trained against the model recorded.
+        """
+        model = super().from_pipeline(pipeline, name=name, random_weights=random_weights)
+        model.scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+        return model
+
+    @classmethod
     def load_arguments(cls) -> dict[str, object]:
         """No safety checker (research use on the user's own images)."""
         return {"safety_checker": None, "requires_safety_checker": False}
@@ -262,22 +272,3 @@ class StableDiffusion(LatentDiffusion):
     def save_pretrained(self, folder) -> None:
         """Write a diffusers StableDiffusionPipeline folder, with the model's own scheduler."""
         self.pipeline("text2img", scheduler=self.scheduler).save_pretrained(folder)
-
-    @classmethod
-    def from_config(cls, config: dict, *, name: str, seed: int = 0) -> StableDiffusion:
-        """Random weights from a ``random_weights`` configuration."""
-        # Module constructors draw from the global RNG; fork it so the caller's state is untouched.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            vae = AutoencoderKL(**config["vae"])
-            unet = UNet2DConditionModel(**config["unet"])
-            text_encoder = CLIPTextModel(CLIPTextConfig(**config["text_encoder"]))
-        return cls(
-            vae,
-            unet,
-            text_encoder,
-            random_weights.test_clip_tokenizer(),
-            DDPMScheduler(**config["scheduler"]),
-            name=name,
-            random_weights=True,
-        )

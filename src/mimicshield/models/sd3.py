@@ -11,20 +11,16 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import (
-    AutoencoderKL,
     FlowMatchEulerDiscreteScheduler,
     SD3Transformer2DModel,
 )
 from transformers import (
-    CLIPTextConfig,
     CLIPTextModelWithProjection,
     CLIPTokenizer,
     PreTrainedTokenizerBase,
-    T5Config,
     T5EncoderModel,
 )
 
-from . import random_weights
 from .base import PromptEmbeddings
 from .flow import FlowMatching
 
@@ -113,29 +109,3 @@ class StableDiffusion3(FlowMatching):
             "img2img": StableDiffusion3Img2ImgPipeline,
             "inpaint": StableDiffusion3InpaintPipeline,
         }
-
-    @classmethod
-    def from_config(cls, config: dict, *, name: str, seed: int = 0) -> StableDiffusion3:
-        """Random weights from a ``random_weights`` configuration (T5 only if it has one)."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            vae = AutoencoderKL(**config["vae"])
-            transformer = SD3Transformer2DModel(**config["transformer"])
-            clip_l = CLIPTextModelWithProjection(CLIPTextConfig(**config["text_encoder"]))
-            clip_g = CLIPTextModelWithProjection(CLIPTextConfig(**config["text_encoder_2"]))
-            t5 = None
-            if config.get("text_encoder_3"):
-                t5 = T5EncoderModel(T5Config(**config["text_encoder_3"]))
-        return cls(
-            vae=vae,
-            text_encoder=clip_l,
-            text_encoder_2=clip_g,
-            text_encoder_3=t5,
-            tokenizer=random_weights.test_clip_tokenizer(),
-            tokenizer_2=random_weights.test_clip_tokenizer(),
-            tokenizer_3=random_weights.test_t5_tokenizer() if t5 is not None else None,
-            transformer=transformer,
-            scheduler=FlowMatchEulerDiscreteScheduler(**config["scheduler"]),
-            name=name,
-            random_weights=True,
-        )

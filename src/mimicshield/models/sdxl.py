@@ -13,14 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    EulerDiscreteScheduler,
-    UNet2DConditionModel,
-)
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
-from . import random_weights
 from .base import LatentDiffusion, PromptEmbeddings
 from .sd import StableDiffusion
 
@@ -114,24 +108,3 @@ class StableDiffusionXL(StableDiffusion):
     def save_pretrained(self, folder) -> None:
         """Write a diffusers StableDiffusionXLPipeline folder with the model's own scheduler."""
         self.pipeline("text2img", scheduler=self.scheduler).save_pretrained(folder)
-
-    @classmethod
-    def from_config(cls, config: dict, *, name: str, seed: int = 0) -> StableDiffusionXL:
-        """Random weights from a ``random_weights`` configuration."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            vae = AutoencoderKL(**config["vae"])
-            unet = UNet2DConditionModel(**config["unet"])
-            clip_l = CLIPTextModel(CLIPTextConfig(**config["text_encoder"]))
-            clip_g = CLIPTextModelWithProjection(CLIPTextConfig(**config["text_encoder_2"]))
-        return cls(
-            vae=vae,
-            unet=unet,
-            text_encoder=clip_l,
-            tokenizer=random_weights.test_clip_tokenizer(),
-            text_encoder_2=clip_g,
-            tokenizer_2=random_weights.test_clip_tokenizer(),
-            scheduler=EulerDiscreteScheduler(**config["scheduler"]),
-            name=name,
-            random_weights=True,
-        )
