@@ -77,6 +77,29 @@ def tiny_model(tiny_model_dir):
     return LatentDiffusion.from_pretrained(tiny_model_dir, device="cpu", dtype="fp32")
 
 
+#: The tiny model of every family besides SD 1.x/2.x ("tiny"), by its RANDOM_MODELS name.
+OTHER_FAMILIES = ("tiny-sdxl", "tiny-sd3", "tiny-flux")
+
+
+@pytest.fixture(scope="session")
+def family_model_dirs(tmp_path_factory):
+    """Each tiny family written once by save_pretrained: RANDOM_MODELS name → folder."""
+    folders = {}
+    for name in OTHER_FAMILIES:
+        folders[name] = tmp_path_factory.mktemp(name)
+        LatentDiffusion.random(name, seed=0).save_pretrained(folders[name])
+    return folders
+
+
+@pytest.fixture(scope="session")
+def family_models(family_model_dirs):
+    """Each tiny family loaded back through the real loader (fp32, CPU)."""
+    return {
+        name: LatentDiffusion.from_pretrained(folder, device="cpu", dtype="fp32")
+        for name, folder in family_model_dirs.items()
+    }
+
+
 @pytest.fixture(scope="session")
 def tiny_v_model(tiny_v_model_dir):
     return LatentDiffusion.from_pretrained(tiny_v_model_dir, device="cpu", dtype="fp32")

@@ -253,3 +253,53 @@ def test_mask_outside_zero_one_is_refused(tiny_model, images):
         protect(
             images, METHODS["sds-"](budget=SHORT), tiny_model, mask=torch.full((1, 1, 16, 20), 2.0)
         )
+
+
+# ---------------------------------------------------------------- every family
+
+FAMILY_PICTURES = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+PGD_METHODS = [name for name in ALL_METHODS if name != "amortised"]
+
+
+@pytest.mark.parametrize("family", ["tiny-sdxl", "tiny-sd3", "tiny-flux"])
+@pytest.mark.parametrize("name", PGD_METHODS)
+def test_every_family_keeps_the_contract(name, family, family_models):
+    """Budget, range, input untouched, same seed same output, model state and gradients kept."""
+    model = family_models[family]
+    model.denoiser.train()
+    images = FAMILY_PICTURES.clone()
+    first = run(name, model, images, seed=3)
+    assert torch.equal(images, FAMILY_PICTURES)
+    assert torch.equal(first, run(name, model, images, seed=3))
+    assert first.shape == images.shape and first.dtype == images.dtype
+    assert first.min() >= 0 and first.max() <= 1
+    assert (first - images).abs().max() <= SHORT.eps + 1e-6
+    assert not torch.equal(first, images)
+    assert model.denoiser.training and not model.vae.training
+    assert all(p.grad is None for net in model.networks for p in net.parameters())
+    model.denoiser.eval()
+
+
+@pytest.mark.parametrize("family", ["tiny-sdxl", "tiny-sd3", "tiny-flux"])
+@pytest.mark.parametrize("name", PGD_METHODS)
+def test_every_family_one_step_moves_the_objective(name, family, family_models):
+    model = family_models[family]
+    images = FAMILY_PICTURES
+    small = Budget(eps=8 / 255, step_size=1e-4, steps=1)
+    method = METHODS[name](budget=small, random_start=False)
+    protected = protect(images, method, model, generator=torch.Generator().manual_seed(5))
+    step = StepNoise.draw(model, images, torch.Generator().manual_seed(5))
+    conditioning = Conditioning(
+        embeddings=model.embed([method.prompt] * len(images)),
+        target_latents=_target_latents(method, model, images),
+    )
+    with torch.no_grad():
+        before = _linearised_objective(method, model, images, step, conditioning, images)
+        after = _linearised_objective(method, model, protected, step, conditioning, images)
+    assert after > before
+
+
+@pytest.mark.parametrize("family", ["tiny-sdxl", "tiny-sd3", "tiny-flux"])
+def test_the_amortised_protector_refuses_other_families(family, family_models):
+    with pytest.raises(ValueError, match="trained against"):
+        run("amortised", family_models[family], FAMILY_PICTURES)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from diffusers.loaders.single_file_utils import (
+    CHECKPOINT_KEY_NAMES,
     DIFFUSERS_DEFAULT_PIPELINE_PATHS,
     infer_diffusers_model_type,
 )
@@ -183,7 +184,7 @@ def _load_single_file(
     if family is None:
         raise ModelUnavailableError(
             f"'{path}' is a {model_type!r} checkpoint, not a text-to-image model of a supported "
-            f"family ({', '.join(sorted(_SINGLE_FILE_FAMILIES))})"
+            f"family (diffusers' single-file types {', '.join(sorted(_SINGLE_FILE_FAMILIES))})"
         )
     reference = (
         config or DIFFUSERS_DEFAULT_PIPELINE_PATHS[model_type]["pretrained_model_name_or_path"]
@@ -221,12 +222,18 @@ def single_file_type(path: Path) -> str:
 
     try:
         with safe_open(str(path), framework="pt") as checkpoint:
-            header = {key: _Shape(checkpoint.get_slice(key).get_shape()) for key in checkpoint}
+            header = {
+                key: _Shape(checkpoint.get_slice(key).get_shape()) for key in checkpoint.keys()
+            }
     except Exception as error:  # safetensors raises its own error types for corrupt headers
         raise ModelUnavailableError(
             f"'{path}' is not a readable .safetensors checkpoint ({error})"
         ) from None
-    return infer_diffusers_model_type(header)
+    model_type = infer_diffusers_model_type(header)
+    # diffusers answers "v1" for any file it does not recognise; only an SD 1.x UNet key says so.
+    if model_type == "v1" and CHECKPOINT_KEY_NAMES["v1"] not in header:
+        return "unrecognised"
+    return model_type
 
 
 def model_notes(model: LatentDiffusion) -> list[str]:

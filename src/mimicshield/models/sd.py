@@ -46,6 +46,13 @@ class StableDiffusion(LatentDiffusion):
     scheduler: DDPMScheduler
     _blank_cache: dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False, kw_only=True)
 
+    def __post_init__(self) -> None:
+        # Folders name their sampler (DDIM, PNDM, Euler) as the scheduler; the training
+        # schedule, the same β's as a DDPMScheduler, is what protection noises with and what a
+        # protector's config digest recorded.
+        if type(self.scheduler) is not DDPMScheduler:
+            self.scheduler = DDPMScheduler.from_config(self.scheduler.config)
+
     @property
     def denoiser(self) -> UNet2DConditionModel:
         """The UNet."""
@@ -251,18 +258,6 @@ class StableDiffusion(LatentDiffusion):
     def extra_pipeline_arguments(self, pipeline_class: type) -> dict[str, object]:
         """No safety checker or feature extractor (research use on the user's own images)."""
         return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
-
-    @classmethod
-    def from_pipeline(cls, pipeline, *, name: str, random_weights: bool = False) -> StableDiffusion:
-        """The adapter over a loaded pipeline, its schedule read as the DDPM it was trained with.
-
-        Folders name their sampler (DDIM, PNDM, Euler) as the scheduler; the training schedule,
-        the same β's as a ``DDPMScheduler``, is what protection noises with, and what the config
-        digest of a protector trained against the model recorded.
-        """
-        model = super().from_pipeline(pipeline, name=name, random_weights=random_weights)
-        model.scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
-        return model
 
     @classmethod
     def load_arguments(cls) -> dict[str, object]:
