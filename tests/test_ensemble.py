@@ -265,3 +265,21 @@ def test_cli_commands_that_need_one_model_refuse_several(run_cli, picture_folder
     code = run_cli(*mimic, "--model", "tiny,tiny-sd3")
     assert code == 2
     assert "only `mimicshield protect` protects against several" in capsys.readouterr().err
+
+
+def test_cli_passes_the_model_config_to_every_member(
+    run_cli, picture_folder, tmp_path, monkeypatch
+):
+    from mimicshield.cli import options
+
+    calls = []
+
+    def load(name, *, device, dtype, config):
+        calls.append((name, config))
+        return LatentDiffusion.random("tiny-flux" if name.endswith(".safetensors") else "tiny")
+
+    monkeypatch.setattr(options, "load_named_model", load)
+    config = tmp_path / "flux-config"
+    models = ("--model", "flux.safetensors,tiny", "--model-config", config)
+    assert _cli_protect(run_cli, picture_folder, tmp_path / "out", *models) == 0
+    assert calls == [("flux.safetensors", str(config)), ("tiny", str(config))]
