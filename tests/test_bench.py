@@ -29,7 +29,9 @@ ROW_FIELDS = {
     "weights_bytes",
     "flops_per_step",
     "achieved_flops_per_second",
-    "unet_backward",
+    "denoiser_backward",
+    "parameters",
+    "family",
     "speed",
 }
 
@@ -54,7 +56,7 @@ def test_rows_have_every_field_and_flops_follow_the_gradient_path():
     # AdvDM adds a UNet backward to SDS's encoder pass and UNet forward; PhotoGuard has no UNet.
     assert flops["advdm", 1] > flops["sds-", 1] > flops["photoguard", 1]
     assert flops["sds-", 2] == pytest.approx(2 * flops["sds-", 1], rel=0.01)
-    assert {row["unet_backward"] for row in rows if row["method"] == "advdm"} == {True}
+    assert {row["denoiser_backward"] for row in rows if row["method"] == "advdm"} == {True}
     table = format_table(rows)
     assert table.count("ratios to sds-") == 2 and "photoguard" in table
 
@@ -84,6 +86,23 @@ def test_bench_command_writes_json_rows_and_prints_ratios(tmp_path, capsys):
     assert report["versions"]["torch"] and "FLOPs" in report["units"]
     out = capsys.readouterr().out
     assert "ratios to sds-" in out and "1.00" in out
+
+
+@pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux"])
+def test_bench_measures_transformer_families_with_channels_last(model, tmp_path):
+    output = tmp_path / "bench.json"
+    arguments = ["--model", model, "--methods", "sds-,advdm", "--resolution", "32"]
+    quick = ["--device", "cpu", "--steps-timed", "1", "--channels-last", "--output", output]
+    assert main(["bench", *arguments, *map(str, quick)]) == 0
+    rows = json.loads(output.read_text())["rows"]
+    networks = LatentDiffusion.random(model).networks
+    for row in rows:
+        assert row["family"] == model.removeprefix("tiny-") and row["speed"]["channels_last"]
+        assert row["parameters"] == sum(p.numel() for net in networks for p in net.parameters())
+        assert row["weights_bytes"] == 4 * row["parameters"]
+    sds, advdm = rows
+    assert advdm["denoiser_backward"] and not sds["denoiser_backward"]
+    assert advdm["flops_per_step"] > sds["flops_per_step"] > 0
 
 
 @pytest.mark.parametrize(

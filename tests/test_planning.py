@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from mimicshield.models import default_dtypes
+from mimicshield.models import Ensemble, LatentDiffusion, default_dtypes
 from mimicshield.runtime.memory import (
     FIXED_BYTES,
     GIB,
+    EnsembleSize,
     MemoryPlanError,
     ModelSize,
+    TransformerSize,
     estimate_bytes,
     parse_memory,
     plan_memory,
+    size_of,
 )
 
 SD15 = ModelSize(parameters=1_066_000_000, vae_width=128, unet_width=320, vae_scale_factor=8)
@@ -131,6 +135,69 @@ def test_model_size_of_a_loaded_model(tiny_model):
         for net in (tiny_model.vae, tiny_model.unet, tiny_model.text_encoder)
         for p in net.parameters()
     )
+
+
+@pytest.fixture(scope="module")
+def family_sizes():
+    """{architecture: ModelSize} of the tiny model of every family."""
+    names = ("tiny", "tiny-sdxl", "tiny-sd3", "tiny-flux")
+    return {name: ModelSize.of(LatentDiffusion.random(name)) for name in names}
+
+
+def _need(size, side, draws=0, **changes):
+    settings = dict(batch_size=1, dtype="fp32", unet_backward_draws=draws)
+    return estimate_bytes(size, height=side, width=side, **{**settings, **changes})
+
+
+def test_every_family_is_sized_and_grows_with_the_image(family_sizes):
+    for name, size in family_sizes.items():
+        for draws in (0, 1):
+            needs = [_need(size, side, draws) for side in (32, 64, 128)]
+            assert needs[0] > size.parameters * 4, name  # weights plus activations
+            assert needs[0] < needs[1] < needs[2], name
+        # The denoiser's backward (AdvDM, Mist) costs more than its forward under no_grad (SDS).
+        assert _need(size, 64, draws=1) > _need(size, 64, draws=0), name
+        assert _need(size, 64, dtype="bf16") < _need(size, 64), name
+
+
+def test_transformers_are_sized_from_their_config(family_sizes):
+    sd3, flux = family_sizes["tiny-sd3"], family_sizes["tiny-flux"]
+    assert family_sizes["tiny"].transformer is None and family_sizes["tiny"].unet_width == 32
+    # TINY_SD3: 4 heads of 8, 2 joint blocks, CLIP's 77 tokens then T5's 256; TINY_FLUX: 2
+    # heads of 16, 1 double + 1 single block, T5's 512 tokens.
+    assert sd3.transformer == TransformerSize(width=32, layers=2, patch_size=2, text_tokens=333)
+    assert flux.transformer == TransformerSize(width=32, layers=2, patch_size=2, text_tokens=512)
+    assert sd3.size_multiple == flux.size_multiple == 4 and sd3.unet_width is None
+    # Only a backward through the transformer depends on its depth.
+    deeper = replace(sd3, transformer=replace(sd3.transformer, layers=20))
+    assert _need(deeper, 64, draws=0) == _need(sd3, 64, draws=0)
+    assert _need(deeper, 64, draws=1) > _need(sd3, 64, draws=1)
+    with pytest.raises(ValueError, match="exactly one of unet_width and transformer"):
+        ModelSize(parameters=1, vae_width=128, vae_scale_factor=8)
+
+
+def test_an_ensemble_holds_every_weight_and_the_largest_activations(family_sizes):
+    members = (family_sizes["tiny"], family_sizes["tiny-flux"])
+    ensemble = EnsembleSize(members)
+    assert ensemble.parameters == sum(member.parameters for member in members)
+    assert ensemble.size_multiple == 4
+    for draws in (0, 1):
+        for side in (32, 64):
+            alone = [_need(member, side, draws) for member in members]
+            together = _need(ensemble, side, draws)
+            assert max(alone) <= together < sum(alone)
+            # Every weight, one member's activations: the largest member's.
+            weights = [member.parameters * 4 for member in members]
+            assert together == max(
+                need - weight + sum(weights) for need, weight in zip(alone, weights, strict=True)
+            )
+
+
+def test_size_of_an_ensemble_names_each_member(tiny_model):
+    sd3 = LatentDiffusion.random("tiny-sd3")
+    size = size_of(Ensemble.of([tiny_model, sd3]))
+    assert size == EnsembleSize((ModelSize.of(tiny_model), ModelSize.of(sd3)))
+    assert size_of(tiny_model) == ModelSize.of(tiny_model)
 
 
 @pytest.fixture

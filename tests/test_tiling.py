@@ -126,9 +126,9 @@ def test_bad_tiling_is_refused_with_the_value(tile, overlap):
         tile_grid(40, 56, tile, overlap)
 
 
-def test_tile_must_be_a_multiple_of_the_vae_factor(tiny_model, picture):
-    factor = tiny_model.vae_scale_factor
-    with pytest.raises(ValueError, match=f"factor {factor}"):
+def test_tile_must_be_a_multiple_of_the_size_multiple(tiny_model, picture):
+    factor = tiny_model.size_multiple
+    with pytest.raises(ValueError, match=f"size multiple {factor}"):
         tiled(tiny_model, picture, tile=TILE + 1)
 
 

@@ -6,7 +6,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .budget import Budget, BudgetError
 from .methods import METHODS, ProtectionMethod, Stage, Staged
-from .models import DEFAULT_MODEL, LatentDiffusion, ModelUnavailableError
+from .models import DEFAULT_MODEL, Ensemble, LatentDiffusion, ModelUnavailableError
 from .protect import noise_control, protect
 from .resolution import protect_at_resolution
 from .runtime import RunOptions, RunSummary, protect_files
@@ -22,6 +22,7 @@ __all__ = [
     "METHODS",
     "Budget",
     "BudgetError",
+    "Ensemble",
     "LatentDiffusion",
     "ModelUnavailableError",
     "ProtectionMethod",

@@ -3,6 +3,10 @@
 The public entry point. A single method runs the shared PGD loop once at the images' size; a
 ``Staged`` runs its stages in order, each from where the previous ended, shrinking the images
 for stages at a scale below 1 (``protect_at_size``) and enlarging the perturbation they find.
+
+The model may be an ``Ensemble``: a step's objective is then Σ_m w_m · objective_m, each member
+encoding the images itself and drawing its own step noise, in member order, from the one
+generator (``step_objective``).
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ import torch
 from .amortised import protect_amortised
 from .methods import Amortised, ProtectionMethod, Stage, Staged
 from .models import LatentDiffusion
+from .models.ensemble import Surrogate, members_of
 from .objectives import Conditioning, StepNoise, weighted_objective
-from .pgd import StepCallback, pgd
+from .pgd import Objective, StepCallback, pgd
 from .targets import resolve_target
 from .tensors import check_images, check_mask, pad_to_multiple, randint, resize
 
@@ -26,7 +31,7 @@ Protection = ProtectionMethod | Staged
 def protect(
     images: torch.Tensor,
     method: Protection,
-    model: LatentDiffusion,
+    model: Surrogate,
     *,
     mask: torch.Tensor | None = None,
     start: torch.Tensor | None = None,
@@ -36,10 +41,11 @@ def protect(
     """Add ``method``'s bounded perturbation to ``images``.
 
     Args:
-        images: (B, 3, H, W) float in [0, 1], any H and W (padded to the VAE's multiple and
-            cropped back). Not modified.
+        images: (B, 3, H, W) float in [0, 1], any H and W (padded to the model's
+            ``size_multiple`` and cropped back). Not modified.
         method: a configured method from ``METHODS``, or a ``Staged`` run of several.
-        model: the latent diffusion model to protect against; its state is restored afterwards.
+        model: the latent diffusion model to protect against, or an ``Ensemble`` of several
+            (PGD methods only); its state is restored afterwards.
         mask: (B or 1, 1, H, W) in [0, 1]: 1 where the perturbation may go, 0 where pixels stay.
         start: (B, 3, H, W) in [0, 1], an image to continue from (e.g. an earlier result for
             the same images) instead of the method's own start; its difference from ``images``
@@ -53,7 +59,8 @@ def protect(
 
     Raises:
         ValueError: bad images or mask, or a method that refuses ``model``
-            (``method.check_model``: an amortised protector trained against another model).
+            (``method.check_model``: an amortised protector trained against another model, or
+            given an ensemble).
 
     Examples:
         >>> import torch
@@ -105,7 +112,7 @@ def protect(
 def protect_at_size(
     images: torch.Tensor,
     method: Protection,
-    model: LatentDiffusion,
+    model: Surrogate,
     *,
     size: tuple[int, int],
     mask: torch.Tensor | None = None,
@@ -123,7 +130,7 @@ def protect_at_size(
     Args:
         images: (B, 3, H, W) float32 in [0, 1], checked by the caller. Not modified.
         method: a configured method or a ``Staged``.
-        model: the latent diffusion model.
+        model: the latent diffusion model, or an ``Ensemble``.
         size: (h, w) to optimise at, at most (H, W).
         mask: (B or 1, 1, H, W) in [0, 1], or None.
         start: (B, 3, H, W) in [0, 1] to continue from, or None for the method's own start.
@@ -163,14 +170,14 @@ def protect_at_size(
 def _run_pgd(
     images: torch.Tensor,
     method: ProtectionMethod,
-    model: LatentDiffusion,
+    model: Surrogate,
     mask: torch.Tensor | None,
     start: torch.Tensor | None,
     generator: torch.Generator | None,
     callback: StepCallback | None,
 ) -> torch.Tensor:
     """The shared PGD loop on ``method``'s objective: (B, 3, H, W) float32 → protected float32."""
-    # 1. Pad to the VAE's multiple (edge-replicated, and the start with it).
+    # 1. Pad to the model's multiple (edge-replicated, and the start with it).
     height, width = images.shape[-2:]
     factor = model.size_multiple
     padded = pad_to_multiple(images, factor)
@@ -178,16 +185,10 @@ def _run_pgd(
     delta = None if start is None else pad_to_multiple(start, factor) - padded
 
     with model.frozen():
-        # 2. What stays fixed: prompt embeddings and target latents, computed once.
-        conditioning = _conditioning(method, model, padded)
-        weights = method.weights()
+        # 2. The objective of one step (conditioning computed once, fresh noise each call).
+        objective = step_objective(method, model, padded, generator)
 
-        # 3. The objective of one step, with fresh timestep and noise each call.
-        def objective(perturbed: torch.Tensor) -> torch.Tensor:
-            step = StepNoise.draw(model, perturbed, generator, method.noise_samples)
-            return weighted_objective(model, perturbed, weights, conditioning, step)
-
-        # 4. The shared PGD loop.
+        # 3. The shared PGD loop.
         protected = pgd(
             objective,
             padded.to(model.device),
@@ -201,8 +202,53 @@ def _run_pgd(
             callback=callback,
         )
 
-    # 5. Crop back.
+    # 4. Crop back.
     return protected[..., :height, :width].to(images.device)
+
+
+def step_objective(
+    method: ProtectionMethod,
+    model: Surrogate,
+    images: torch.Tensor,
+    generator: torch.Generator | None,
+) -> Objective:
+    """The objective PGD maximises for ``method`` against ``model``; call inside ``frozen()``.
+
+    What stays fixed (prompt embeddings, target latents) is computed here once per member, for
+    images of ``images``' shape (B, 3, H, W), sides multiples of ``model.size_multiple``. Each
+    call of the objective draws fresh step noise (``StepNoise``), member after member.
+
+    For an ensemble the objective is Σ_m w_m · weighted_objective(model_m, ...). Its members run
+    one after another, each differentiated before the next starts, so only one member's
+    activations are held at a time; the returned scalar has the ensemble's value and, with
+    respect to the images it was called on (which must require grad, as in ``pgd``), the sum of
+    the members' weighted gradients.
+    """
+    weights = method.weights()
+    members = [
+        (member, _conditioning(method, member.model, images)) for member in members_of(model)
+    ]
+
+    def one_model(perturbed: torch.Tensor) -> torch.Tensor:
+        ((member, conditioning),) = members
+        step = StepNoise.draw(member.model, perturbed, generator, method.noise_samples)
+        return weighted_objective(member.model, perturbed, weights, conditioning, step)
+
+    def ensemble(perturbed: torch.Tensor) -> torch.Tensor:
+        value = torch.zeros((), device=perturbed.device)
+        gradient = torch.zeros_like(perturbed)
+        for member, conditioning in members:
+            step = StepNoise.draw(member.model, perturbed, generator, method.noise_samples)
+            term = member.weight * weighted_objective(
+                member.model, perturbed, weights, conditioning, step
+            )
+            (member_gradient,) = torch.autograd.grad(term, perturbed)
+            gradient += member_gradient
+            value += term.detach()
+        # Value of the sum, gradient of the sum: (x − x.detach()) is 0 with Jacobian I.
+        return value + (gradient * (perturbed - perturbed.detach())).sum()
+
+    return one_model if len(members) == 1 else ensemble
 
 
 def _shifted(callback: StepCallback | None, done: int, total: int) -> StepCallback | None:
@@ -241,6 +287,7 @@ def _one_pass(
 def _conditioning(
     method: ProtectionMethod, model: LatentDiffusion, images: torch.Tensor
 ) -> Conditioning:
+    """One model's fixed part of the objective: its prompt embeddings and target latents."""
     batch, _, height, width = images.shape
     embeddings = model.embed([method.prompt] * batch)
     target_latents = None

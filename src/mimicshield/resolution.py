@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .models import LatentDiffusion
+from .models.ensemble import Surrogate
 from .pgd import StepCallback
 from .protect import Protection, protect_at_size
 from .tensors import check_images, check_mask
@@ -49,7 +49,7 @@ def working_size(height: int, width: int, short_side: int) -> tuple[int, int]:
 def protect_at_resolution(
     images: torch.Tensor,
     method: Protection,
-    model: LatentDiffusion,
+    model: Surrogate,
     *,
     short_side: int,
     mask: torch.Tensor | None = None,
@@ -62,7 +62,7 @@ def protect_at_resolution(
         images: (B, 3, H, W) float in [0, 1], any H and W. Not modified.
         method: a configured method from ``METHODS`` (or a ``Staged`` run of several); its budget
             applies to every native pixel.
-        model: the latent diffusion model; its state is restored afterwards.
+        model: the latent diffusion model, or an ``Ensemble``; its state is restored afterwards.
         short_side: the shorter side, in pixels, at which to protect (e.g. 512 or 1024: the size
             the mimicking pipeline resizes to). Images already that small are protected natively.
         mask: (B or 1, 1, H, W) in [0, 1]: 1 where the perturbation may go, 0 where pixels stay;

@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import torch
 
-from .models import LatentDiffusion
+from .models.ensemble import Surrogate
 from .protect import Protection, protect
 from .tensors import check_images, check_mask
 
@@ -118,7 +118,7 @@ def tile_cores(height: int, width: int, tile: int, overlap: int) -> list[Box]:
 def protect_tiled(
     images: torch.Tensor,
     method: Protection,
-    model: LatentDiffusion,
+    model: Surrogate,
     *,
     tile: int,
     overlap: int,
@@ -135,7 +135,7 @@ def protect_tiled(
     Args:
         images: (B, 3, H, W) float in [0, 1], any H and W. Not modified.
         method: a configured method from ``METHODS``; its budget applies to every pixel.
-        model: the latent diffusion model; its state is restored afterwards.
+        model: the latent diffusion model, or an ``Ensemble``; its state is restored afterwards.
         tile: tile side in pixels, a positive multiple of ``model.size_multiple``.
         overlap: pixels shared by neighbouring tiles, 0 ≤ overlap < tile; the context a core
             pixel sees past a seam is at least overlap // 2.
@@ -218,9 +218,9 @@ def _check_tiling(tile: int, overlap: int) -> None:
         raise ValueError(f"overlap must be a whole number in [0, tile={tile}), got {overlap!r}")
 
 
-def _check_tile_for(model: LatentDiffusion, tile: int) -> None:
+def _check_tile_for(model: Surrogate, tile: int) -> None:
     factor = model.size_multiple
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1 or tile % factor:
         raise ValueError(
-            f"tile must be a positive multiple of the VAE's factor {factor}, got {tile!r}"
+            f"tile must be a positive multiple of the model's size multiple {factor}, got {tile!r}"
         )

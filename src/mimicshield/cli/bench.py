@@ -33,8 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--model",
         default="tiny",
-        help="tiny, mini, sd15-random (SD-1.5 architecture, random weights: same cost, no "
-        "download) or a diffusers folder (default: tiny)",
+        help="tiny, tiny-sdxl, tiny-sd3, tiny-flux, mini, mini-flow, sd15-random, sdxl-random, "
+        "sd35-medium-random, flux-dev-random (a real architecture with random weights: same "
+        "cost, no download), or any SD 1.x/2.x, SDXL, SD3/3.5 or FLUX.1 diffusers folder, hub id "
+        "or single file (default: tiny)",
     )
     parser.add_argument(
         "--methods",
@@ -54,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--warmup-steps", type=int, default=1, help="untimed warm-up steps (default: 1)"
     )
     parser.add_argument("--channels-last", action="store_true", help="NHWC memory layout")
-    parser.add_argument("--compile", action="store_true", help="torch.compile encoder and UNet")
+    parser.add_argument("--compile", action="store_true", help="torch.compile encoder and denoiser")
     parser.add_argument(
         "--encoder-checkpointing",
         action="store_true",

@@ -276,7 +276,8 @@ def _load_victim(args: argparse.Namespace, name: str, surrogate, device):
     """The victim ``name``; the surrogate itself when it names the same model (loaded once)."""
     if name == args.model:
         return surrogate
-    return load_model(argparse.Namespace(model=name, dtype=args.dtype), device=device)
+    victim = argparse.Namespace(model=name, dtype=args.dtype, model_config=args.model_config)
+    return load_model(victim, device=device)
 
 
 def build_plan(args: argparse.Namespace) -> EvaluationPlan:

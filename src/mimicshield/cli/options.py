@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from ..models import DEFAULT_MODEL, DTYPES, LatentDiffusion, ModelUnavailableError, model_notes
+from ..models import (
+    DEFAULT_MODEL,
+    DTYPES,
+    Ensemble,
+    LatentDiffusion,
+    ModelUnavailableError,
+    model_notes,
+)
+from ..models import load_model as load_named_model
+from ..models.ensemble import normalised_weights
 from ..runtime.memory import AUTO_MAX_BATCH, parse_memory
 
 #: Exit codes: all done; some work failed (a file, a missing model); the command line was wrong.
@@ -44,15 +54,50 @@ def number_list(text: str, what: str) -> list[float]:
         raise CommandError(f"{what} takes numbers separated by commas, got '{text}'") from None
 
 
-def add_model_options(parser: argparse.ArgumentParser, *, auto_dtype: bool = False) -> None:
-    """--model, --device, --dtype (with ``auto_dtype``, also ``--dtype auto``, the default)."""
+#: What --model accepts, shared by every subcommand's help.
+_MODEL_HELP = (
+    "a Stable Diffusion 1.x/2.x, SDXL, SD3/3.5 or FLUX.1 model: hub id, local diffusers folder or "
+    "single-file .safetensors checkpoint (the family is read from the model itself); 'mini' "
+    "for the bundled miniature (not Stable Diffusion), 'mini-flow' for the miniature of the "
+    "flow-matching family, or a random-weight architecture for trying the mechanics (tiny, "
+    "tiny-sdxl, tiny-sd3, tiny-flux, sd15-random, sdxl-random, sd35-medium-random, "
+    "flux-dev-random)"
+)
+
+
+def add_model_options(
+    parser: argparse.ArgumentParser, *, auto_dtype: bool = False, ensemble: bool = False
+) -> None:
+    """--model, --model-config, --device, --dtype, and with ``ensemble`` --model-weights.
+
+    With ``auto_dtype``, also ``--dtype auto``, the default. With ``ensemble``, --model takes
+    several comma-separated models (see ``load_model``).
+    """
     group = parser.add_argument_group("model")
+    several = (
+        "; several, comma-separated (A,B[,C]), protect against all of them at once (an ensemble: "
+        "their objectives averaged with --model-weights, for protection that transfers across "
+        "families)"
+        if ensemble
+        else ""
+    )
     group.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help="hub id or local diffusers folder of a Stable Diffusion 1.x/2.x model; 'mini' for "
-        "the bundled miniature (not Stable Diffusion), 'tiny' for random weights "
-        f"(default: {DEFAULT_MODEL})",
+        help=f"{_MODEL_HELP}{several} (default: {DEFAULT_MODEL})".replace("%", "%%"),
+    )
+    if ensemble:
+        group.add_argument(
+            "--model-weights",
+            help="weights of the --model ensemble's objectives, comma-separated, one per model, "
+            "each > 0 (e.g. 2,1; normalised to sum 1) (default: equal)",
+        )
+    group.add_argument(
+        "--model-config",
+        help="for a single-file checkpoint in --model: a hub id or local diffusers folder with "
+        "the configuration of its architecture (model_index.json, each part's config and "
+        "tokenizer; no weights needed) (default: diffusers' reference repository of the detected "
+        "architecture, which must then be in the local Hugging Face cache when offline)",
     )
     group.add_argument(
         "--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)"
@@ -72,18 +117,63 @@ def add_model_options(parser: argparse.ArgumentParser, *, auto_dtype: bool = Fal
     )
 
 
-def load_model(args: argparse.Namespace, *, device=None, dtype: str | None = None):
-    """The model of ``--model``/``--device``/``--dtype``, with its notes printed to stderr.
+def model_names(text: str) -> list[str]:
+    """--model as a list of names: an existing path is one name even if it holds a comma.
 
     Raises:
-        CommandError: weights or device missing: the library's one sentence, exit code 1.
+        CommandError: nothing named.
     """
-    try:
-        model = LatentDiffusion.from_pretrained(
-            args.model, device=device or args.device, dtype=dtype or args.dtype
+    if Path(text).exists():
+        return [text]
+    return comma_list(text, "--model")
+
+
+def load_model(
+    args: argparse.Namespace,
+    *,
+    device=None,
+    dtype: str | None = None,
+    ensemble: bool = False,
+) -> LatentDiffusion | Ensemble:
+    """The model of ``--model``/``--device``/``--dtype``, with its notes printed to stderr.
+
+    ``--model-config`` (when the command has it) is passed on for single-file checkpoints. With
+    ``ensemble``, several comma-separated names load each model and return an ``Ensemble``
+    weighted by ``--model-weights``; one name returns the model itself.
+
+    Raises:
+        CommandError: several models where one is needed, or bad weights (exit code 2); weights
+            or device missing: the library's one sentence (exit code 1).
+    """
+    names = model_names(args.model)
+    weights_text = getattr(args, "model_weights", None)
+    weights = None if weights_text is None else number_list(weights_text, "--model-weights")
+    if len(names) > 1 and not ensemble:
+        raise CommandError(
+            f"--model names one model for this command, got {len(names)} ({', '.join(names)}); "
+            "only `mimicshield protect` protects against several models at once"
         )
+    if weights is not None:
+        try:  # before loading anything: full-size models take minutes
+            normalised_weights(weights, names)
+        except ValueError as error:
+            raise CommandError(f"--model-weights: {error}") from None
+    config = getattr(args, "model_config", None)
+    models = [_load_one(name, device or args.device, dtype or args.dtype, config) for name in names]
+    if len(models) == 1:
+        return models[0]
+    try:
+        return Ensemble.of(models, weights)
+    except ValueError as error:
+        raise CommandError(f"--model: {error}") from None
+
+
+def _load_one(name: str, device, dtype: str, config: str | None) -> LatentDiffusion:
+    """One model, its notes printed; a missing one is a CommandError with exit code 1."""
+    try:
+        model = load_named_model(name, device=device, dtype=dtype, config=config)
     except ModelUnavailableError as error:
-        hint = "--model takes a hub id, a local folder or 'mini'"
+        hint = "--model takes a hub id, a local folder, a .safetensors file or 'mini'"
         raise CommandError(f"{str(error).rstrip('.')} ({hint}).", EXIT_FAILED) from None
     for note in model_notes(model):
         print(f"note: {note}", file=sys.stderr)

@@ -116,7 +116,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--noise-samples",
         type=int,
         default=1,
-        help="diffusion noise draws (t, ε) averaged per step in one batched UNet call after "
+        help="diffusion noise draws (t, ε) averaged per step in one batched denoiser call after "
         "one encoder pass (default: 1, the reference)",
     )
     parser.add_argument(
@@ -171,7 +171,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_MAX_PIXELS,
         help=f"refuse larger images (default: {DEFAULT_MAX_PIXELS})",
     )
-    add_model_options(parser, auto_dtype=True)
+    add_model_options(parser, auto_dtype=True, ensemble=True)
     speed = parser.add_argument_group("speed and memory")
     speed.add_argument(
         "--large-images",
@@ -185,13 +185,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--working-size",
         type=int,
         help="short side in pixels of the working resolution (default: the model's native "
-        "resolution, 512 for Stable Diffusion 1.x)",
+        "resolution: 512 for Stable Diffusion 1.x, 1024 for SDXL, SD3 and FLUX; an ensemble's "
+        "largest)",
     )
     speed.add_argument(
         "--tile",
         type=int,
-        help="tile side in pixels for --large-images tiles (default: the model's native "
-        "resolution)",
+        help="tile side in pixels for --large-images tiles, a multiple of 8 (of 16 for SD3 and "
+        "FLUX) (default: the model's native resolution)",
     )
     speed.add_argument(
         "--tile-overlap", type=int, help="pixels shared by neighbouring tiles (default: tile/4)"
@@ -209,10 +210,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="NHWC layout of weights and activations (default: on for CPU, off elsewhere)",
     )
     speed.add_argument(
-        "--compile", action="store_true", help="torch.compile encoder and UNet (slow first step)"
+        "--compile",
+        action="store_true",
+        help="torch.compile encoder and denoiser (slow first step)",
     )
     speed.add_argument(
-        "--attention-slicing", action="store_true", help="diffusers' sliced UNet attention"
+        "--attention-slicing",
+        action="store_true",
+        help="diffusers' sliced UNet attention (no effect on SD3 and FLUX transformers)",
     )
     speed.add_argument(
         "--vae-tiling", action="store_true", help="encode large images tile by tile (alters seams)"
@@ -255,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
     processes = Processes.start(args.device)
     device = processes.device or resolve_device(args.device)
     dtypes = default_dtypes(device, args.dtype)
-    model = load_model(args, device=device, dtype=dtypes[0])
+    model = load_model(args, device=device, dtype=dtypes[0], ensemble=True)
     speed = SpeedOptions(
         channels_last=device.type == "cpu" if args.channels_last is None else args.channels_last,
         compile=args.compile,

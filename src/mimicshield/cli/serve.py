@@ -7,7 +7,7 @@ import importlib.util
 import ipaddress
 import sys
 
-from .options import CommandError, add_model_options, at_least_one
+from .options import CommandError, add_model_options, at_least_one, model_names
 
 #: The one sentence a user without the optional extra gets.
 INSTALL_HINT = (
@@ -58,12 +58,18 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(INSTALL_HINT)
     if args.max_upload_mb <= 0:
         raise CommandError(f"--max-upload-mb must be positive, got {args.max_upload_mb:g}")
+    if len(model_names(args.model)) > 1:
+        raise CommandError(
+            f"--model names one model for the web page, got '{args.model}'; protect against "
+            "several at once with `mimicshield protect --model A,B`"
+        )
     # Imported here: Gradio is optional, and the page is built only when it is served.
     from ..web.app import ServeSettings, serve
     from ..web.jobs import UploadLimits
 
     settings = ServeSettings(
         model=args.model,
+        model_config=args.model_config,
         device=args.device,
         dtype=args.dtype,
         limits=UploadLimits(at_least_one(args.max_files, "--max-files"), args.max_upload_mb),

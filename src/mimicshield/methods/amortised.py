@@ -35,12 +35,13 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from ..budget import Budget
+from ..models.ensemble import Ensemble, single_model_message
 from ..models.protector import DEFAULT_PROTECTOR, PerturbationNetwork, load_protector
 from ..objectives import ObjectiveWeights
 from .base import ProtectionMethod
 
 if TYPE_CHECKING:
-    from ..models import LatentDiffusion
+    from ..models.ensemble import Surrogate
 
 
 class ProtectorMismatchError(ValueError):
@@ -80,12 +81,19 @@ class Amortised(ProtectionMethod):
         """Nothing is optimised at protection time: all weights zero (training is elsewhere)."""
         return ObjectiveWeights()
 
-    def check_model(self, model: LatentDiffusion) -> None:
-        """Refuse a model whose configuration differs from the protector's surrogate.
+    def check_model(self, model: Surrogate) -> None:
+        """Refuse an ensemble, or a model configured unlike the protector's surrogate.
 
         Raises:
-            ProtectorMismatchError: with the command that trains a protector for ``model``.
+            ProtectorMismatchError: with the command that trains a protector for ``model``; or
+                ``model`` is an ensemble (a protector answers for the one model it was trained
+                against).
         """
+        if isinstance(model, Ensemble):
+            raise ProtectorMismatchError(
+                single_model_message("the amortised method", model)
+                + "; its protector was trained against one model"
+            )
         config = self.network.config
         if config.surrogate_digest != model.config_digest():
             raise ProtectorMismatchError(

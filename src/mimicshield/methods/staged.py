@@ -24,7 +24,7 @@ from ..budget import Budget
 from .base import ProtectionMethod
 
 if TYPE_CHECKING:
-    from ..models import LatentDiffusion
+    from ..models.ensemble import Surrogate
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ class Staged:
         """The most UNet-differentiated noise draws of any stage (what memory must hold)."""
         return max(stage.method.unet_backward_draws for stage in self.stages)
 
-    def check_model(self, model: LatentDiffusion) -> None:
+    def check_model(self, model: Surrogate) -> None:
         """Raise ValueError if any stage's method cannot protect against ``model``."""
         for stage in self.stages:
             stage.method.check_model(model)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models import LatentDiffusion
+from ..models.ensemble import check_single_model
 from ..tensors import check_pair, pad_to_multiple
 
 
@@ -55,7 +56,11 @@ def latent_shift(
 
     Returns:
         A ``LatentShift`` of (B,) tensors.
+
+    Raises:
+        ValueError: mismatched images, or an ``Ensemble`` (it has no one latent space).
     """
+    check_single_model(model, "the latent shift")
     check_pair(protected, clean)
     pixel = (protected.double() - clean.double()).abs().flatten(1).amax(dim=1).cpu()
     padded = pad_to_multiple(torch.cat([clean, protected]).float(), model.size_multiple)

@@ -26,6 +26,7 @@ from .devices import (
     resolve_dtype,
     versions,
 )
+from .ensemble import Ensemble
 from .flux import Flux
 from .loading import (
     DEFAULT_MODEL,
@@ -46,6 +47,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_PROTECTOR",
     "DTYPES",
+    "Ensemble",
     "FAMILIES",
     "INPAINTING_UNET_CHANNELS",
     "MINIATURES",

@@ -12,7 +12,9 @@ One protection of ``warmup_steps + 1 + steps_timed`` steps per method and config
 Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA (tensors only, weights included) and
 the process's peak resident set (VmHWM, reset before each measurement) on CPU, which also counts
 the Python heap and the weights. Costs do not depend on weight values, so the random-weight
-``sd15-random`` model measures Stable Diffusion 1.5 without a download.
+models of ``RANDOM_MODELS`` (``sd15-random``, ``sdxl-random``, ``sd35-medium-random``,
+``flux-dev-random``) measure the real architectures without a download. Parameters and weight
+bytes count every network of the model (``model.networks``: VAE, denoiser, text encoders).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..budget import Budget
 from ..methods import METHODS, Amortised
 from ..models import LatentDiffusion
+from ..models.ensemble import Surrogate
 from ..protect import protect
 from .speed import SpeedOptions, configure
 
@@ -50,7 +53,9 @@ class BenchConfig:
     """What to measure: the product of methods × resolutions × batch sizes × dtypes.
 
     Attributes:
-        model: ``tiny``, ``mini``, ``sd15-random`` or a diffusers folder / hub id.
+        model: a name of ``RANDOM_MODELS`` (``tiny``, ``tiny-sd3``, ``tiny-flux``,
+            ``sd15-random``, ``flux-dev-random``, ...), ``mini``, a diffusers folder / hub id or
+            a single-file checkpoint; any family.
         methods: names from ``PGD_METHODS`` (every method but ``amortised``).
         resolutions: square image sides in pixels.
         batch_sizes: images protected together.
@@ -124,7 +129,7 @@ def run_benchmark(
 
 
 def measure(
-    model: LatentDiffusion,
+    model: Surrogate,
     method_name: str,
     *,
     resolution: int,
@@ -135,11 +140,13 @@ def measure(
 ) -> dict[str, object]:
     """Time, memory and FLOPs of one method on (batch_size, 3, resolution, resolution) images.
 
-    Returns a row with: method, model, resolution, batch_size, dtype, device, device_name,
-    threads, step_seconds (median of the timed steps), step_seconds_timed, warmup_step_seconds,
-    seconds_per_image_100_steps (extrapolated), peak_memory_bytes, memory_kind,
-    memory_before_bytes, memory_increase_bytes (peak − before: what the run itself needed),
-    weights_bytes, flops_per_step, achieved_flops_per_second, unet_backward.
+    Returns a row with: method, model, family, resolution, batch_size, dtype, device,
+    device_name, threads, step_seconds (median of the timed steps), step_seconds_timed,
+    warmup_step_seconds, seconds_per_image_100_steps (extrapolated), peak_memory_bytes,
+    memory_kind, memory_before_bytes, memory_increase_bytes (peak − before: what the run itself
+    needed), parameters and weights_bytes (of ``model.networks``), flops_per_step,
+    achieved_flops_per_second, denoiser_backward (whether the gradient runs through the UNet or
+    transformer).
     """
     device = model.device
     counted_step = warmup_steps + 1
@@ -164,6 +171,7 @@ def measure(
     return {
         "method": method_name,
         "model": model.name,
+        "family": model.family,
         "random_weights": model.random_weights,
         "resolution": resolution,
         "batch_size": batch_size,
@@ -180,10 +188,11 @@ def measure(
         "memory_kind": memory_kind,
         "memory_before_bytes": memory_before,
         "memory_increase_bytes": None if memory_before is None else peak - memory_before,
+        "parameters": sum(p.numel() for net in model.networks for p in net.parameters()),
         "weights_bytes": _weights_bytes(model),
         "flops_per_step": probe.flops,
         "achieved_flops_per_second": probe.flops / median if median > 0 else None,
-        "unet_backward": weights.denoising != 0,
+        "denoiser_backward": weights.denoising != 0,
     }
 
 
@@ -282,7 +291,7 @@ def _status_kib(key: str) -> int | None:
     return None
 
 
-def _weights_bytes(model: LatentDiffusion) -> int:
+def _weights_bytes(model: Surrogate) -> int:
     networks = model.networks
     return sum(p.numel() * p.element_size() for net in networks for p in net.parameters())
 

@@ -33,6 +33,7 @@ from ..imagefiles import (
 )
 from ..metrics import latent_shift, psnr, ssim
 from ..models import LatentDiffusion
+from ..models.ensemble import Ensemble, Surrogate
 from ..protect import Protection, protect
 from ..purify import jpeg
 from .files import plan_outputs
@@ -149,7 +150,7 @@ class _Frame:
 def run_job(
     inputs: list[Path],
     job: ProtectionJob,
-    model: LatentDiffusion,
+    model: Surrogate,
     *,
     outputs: dict[Path, Path] | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
@@ -160,7 +161,7 @@ def run_job(
     Args:
         inputs: image files (see ``collect_inputs``).
         job: the settings.
-        model: the loaded model.
+        model: the loaded model, or an ensemble of models.
         outputs: each input's output path; planned from ``inputs`` when None. A process that
             protects one shard of a run passes the plan of the whole run, so that names agree.
         on_step: called after each PGD step of each batch (progress bars).
@@ -214,7 +215,7 @@ def _fail_files(
 def protect_frames(
     images: torch.Tensor,
     job: ProtectionJob,
-    model: LatentDiffusion,
+    model: Surrogate,
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> torch.Tensor:
     """The one place where pixels become protected pixels: (B, 3, H, W) → (B, 3, H, W) in [0, 1].
@@ -277,7 +278,7 @@ def _check_mask_fits(mask: torch.Tensor | None, loaded: LoadedImage) -> None:
         )
 
 
-def _save_and_verify(file: _File, output: Path, job: ProtectionJob, model: LatentDiffusion) -> None:
+def _save_and_verify(file: _File, output: Path, job: ProtectionJob, model: Surrogate) -> None:
     """Quantise within budget, write, read every frame back and measure it against the original.
 
     A file that fails after it was written (over the budget, unreadable, a measurement the
@@ -299,9 +300,7 @@ def _save_and_verify(file: _File, output: Path, job: ProtectionJob, model: Laten
     result.ok = True
 
 
-def _write_and_measure(
-    file: _File, output: Path, job: ProtectionJob, model: LatentDiffusion
-) -> None:
+def _write_and_measure(file: _File, output: Path, job: ProtectionJob, model: Surrogate) -> None:
     """Write ``file``'s protected frames and fill its result's measurements (or its error)."""
     image, plan, result = file.image, file.plan, file.result
     eps = job.method.budget.eps
@@ -327,8 +326,9 @@ def _write_and_measure(
     if min(image.size) >= 11:
         result.ssim = round(float(ssim(saved, original).min()), 6)
     if plan.image_format == "jpeg":
-        # An image too large to protect whole is too large for a native-size encoder pass too.
-        encoder = None if large else model
+        # An image too large to protect whole is too large for a native-size encoder pass too;
+        # an ensemble has no one latent space to measure the shift in.
+        encoder = None if large or isinstance(model, Ensemble) else model
         result.jpeg = codec_figures(encoder, original, checked.float(), saved, plan.quality)
     if result.linf_255 > eps * 255 + _LINF_SLACK_255:
         result.error = (
@@ -359,7 +359,8 @@ def codec_figures(
 
     Args:
         model: its encoder measures the latent shift ‖E(x') − E(x)‖∞ (scaled latent units);
-            None leaves the latent shifts out (an image too large for a native-size pass).
+            None leaves the latent shifts out (an image too large for a native-size pass, or a
+            run against an ensemble).
         original: (1, 3, H, W) in [0, 1], the input.
         lossless: the protected pixels before JPEG, same shape and range.
         saved: the JPEG file as decoded, same shape and range.

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models import LatentDiffusion
+from ..models.ensemble import Surrogate
 from ..pgd import StepCallback
 from ..protect import Protection
 from ..resolution import protect_at_resolution, working_size
@@ -33,7 +33,8 @@ class WorkingResolution:
 
     Attributes:
         short_side: pixels of the shorter side at the working resolution; None: the model's
-            native resolution (512 for SD 1.x).
+            native resolution (512 for SD 1.x, 1024 for SDXL, SD3 and FLUX; an ensemble's
+            largest member's).
     """
 
     name = "working-resolution"
@@ -43,10 +44,10 @@ class WorkingResolution:
         if self.short_side is not None:
             check_positive(self.short_side, "working short side")
 
-    def check(self, model: LatentDiffusion) -> None:
+    def check(self, model: Surrogate) -> None:
         """Nothing to refuse: any working size works with any model."""
 
-    def size(self, model: LatentDiffusion, height: int, width: int) -> tuple[int, int]:
+    def size(self, model: Surrogate, height: int, width: int) -> tuple[int, int]:
         """(H, W) the networks see for a native ``height`` × ``width`` image."""
         return working_size(height, width, self._short_side(model))
 
@@ -54,7 +55,7 @@ class WorkingResolution:
         self,
         images: torch.Tensor,
         method: Protection,
-        model: LatentDiffusion,
+        model: Surrogate,
         *,
         mask: torch.Tensor | None,
         generator: torch.Generator,
@@ -71,11 +72,11 @@ class WorkingResolution:
             callback=callback,
         )
 
-    def describe(self, model: LatentDiffusion, height: int, width: int) -> dict[str, object]:
+    def describe(self, model: Surrogate, height: int, width: int) -> dict[str, object]:
         """The record's account of how a ``height`` × ``width`` image was protected."""
         return {"way": self.name, "working_size": list(self.size(model, height, width))}
 
-    def _short_side(self, model: LatentDiffusion) -> int:
+    def _short_side(self, model: Surrogate) -> int:
         return self.short_side or model.native_resolution
 
 
@@ -84,8 +85,8 @@ class Tiles:
     """Protect at native resolution, tile after tile (see ``tiling.protect_tiled``).
 
     Attributes:
-        tile: tile side in pixels, a multiple of the VAE's factor; None: the model's native
-            resolution.
+        tile: tile side in pixels, a multiple of the model's ``size_multiple`` (8 always works
+            for SD 1.x/2.x and SDXL, 16 for SD3 and FLUX); None: the model's native resolution.
         overlap: pixels shared by neighbouring tiles; None: a quarter of the tile.
     """
 
@@ -95,7 +96,8 @@ class Tiles:
 
     def __post_init__(self) -> None:
         # Checked before any file is read: a bad tile must not fail a run half done. A multiple
-        # of 8 is a multiple of every VAE factor in use (2, 4, 8).
+        # of 8 is a multiple of every UNet family's factor; ``check`` refuses the rest once the
+        # model is known (SD3 and FLUX need 16: the VAE's 8 times the 2×2 patches).
         if self.tile is not None:
             check_positive(self.tile, "tile")
             if self.tile % 8:
@@ -105,12 +107,12 @@ class Tiles:
             if isinstance(self.overlap, bool) or not 0 <= self.overlap < limit:
                 raise ValueError(f"tile overlap must lie in [0, tile), got {self.overlap}")
 
-    def check(self, model: LatentDiffusion) -> None:
+    def check(self, model: Surrogate) -> None:
         """Refuse settings ``model`` cannot tile with (its native tile and factor known now).
 
         Raises:
-            ValueError: the tile is not a multiple of the VAE's factor, or the overlap is not
-                smaller than the tile.
+            ValueError: the tile is not a multiple of the model's ``size_multiple``, or the
+                overlap is not smaller than the tile.
         """
         tile = self._tile(model)
         if tile % model.size_multiple:
@@ -122,7 +124,7 @@ class Tiles:
                 f"tile overlap must be smaller than the tile {tile}, got {self.overlap}"
             )
 
-    def size(self, model: LatentDiffusion, height: int, width: int) -> tuple[int, int]:
+    def size(self, model: Surrogate, height: int, width: int) -> tuple[int, int]:
         """(H, W) the networks see: one tile (smaller where the image is)."""
         tile = self._tile(model)
         return min(tile, height), min(tile, width)
@@ -131,7 +133,7 @@ class Tiles:
         self,
         images: torch.Tensor,
         method: Protection,
-        model: LatentDiffusion,
+        model: Surrogate,
         *,
         mask: torch.Tensor | None,
         generator: torch.Generator,
@@ -159,14 +161,14 @@ class Tiles:
             callback=each_step,
         )
 
-    def describe(self, model: LatentDiffusion, height: int, width: int) -> dict[str, object]:
+    def describe(self, model: Surrogate, height: int, width: int) -> dict[str, object]:
         """The record's account of how a ``height`` × ``width`` image was protected."""
         tile = self._tile(model)
         overlap = self._overlap(tile)
         tiles = len(tile_grid(height, width, tile, overlap))
         return {"way": self.name, "tile": tile, "overlap": overlap, "tiles": tiles}
 
-    def _tile(self, model: LatentDiffusion) -> int:
+    def _tile(self, model: Surrogate) -> int:
         return self.tile or model.native_resolution
 
     def _overlap(self, tile: int) -> int:

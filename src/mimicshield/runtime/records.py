@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from ..filesystem import atomic_write_text, file_sha256
-from ..models import LatentDiffusion, resolve_dtype, versions
+from ..models import resolve_dtype, versions
+from ..models.ensemble import Surrogate
 from .jobs import JPEG_BUDGET_NOTE, FileResult, ProtectionJob
 
 logger = logging.getLogger(__name__)
@@ -202,7 +203,7 @@ def reuse_completed(
 def write_record(
     path: Path,
     job: ProtectionJob,
-    model: LatentDiffusion,
+    model: Surrogate,
     results: list[FileResult],
     extra: dict[str, object],
 ) -> None:

@@ -31,12 +31,13 @@ from ..imagefiles import (
     ImageFileError,
     declared_size,
 )
-from ..models import LatentDiffusion, dtype_name, resolve_dtype
+from ..models import dtype_name, resolve_dtype
+from ..models.ensemble import Surrogate
 from ..protect import Protection
 from .files import InputError, plan_outputs
 from .jobs import FileResult, ProtectionJob, run_job
 from .large_images import LargeImages, WorkingResolution
-from .memory import MemoryPlan, MemoryPlanError, ModelSize, automatic_budget, plan_memory
+from .memory import MemoryPlan, MemoryPlanError, automatic_budget, plan_memory, size_of
 from .processes import Processes, shard
 from .records import (
     completed_outputs,
@@ -136,7 +137,7 @@ def protect_files(
     inputs: Sequence[Path],
     output: Path,
     method: Protection,
-    model: LatentDiffusion,
+    model: Surrogate,
     options: RunOptions = RunOptions(),
     *,
     processes: Processes | None = None,
@@ -150,7 +151,8 @@ def protect_files(
         inputs: image files, in the order the record lists them (``files.collect_inputs``).
         output: folder for the protected copies and the record ``protect-<UTC time>.json``.
         method: the configured protection method, or a ``Staged`` run of several.
-        model: the loaded model (converted or configured in place only as ``options`` say).
+        model: the loaded model, or an ``Ensemble`` of several (converted or configured in
+            place only as ``options`` say).
         options: seed, mask, format, memory and resume settings.
         processes: this process's place in an ``accelerate launch`` run; None: a lone process.
         on_start: called once with the number of files this process will protect (progress).
@@ -291,7 +293,7 @@ class MemoryFit:
 
 
 def fit_memory(
-    model: LatentDiffusion,
+    model: Surrogate,
     job: ProtectionJob,
     sizes: dict[Path, tuple[int, int]],
     options: RunOptions,
@@ -309,7 +311,7 @@ def fit_memory(
         memory.MemoryPlanError: no input fits any way, even at batch 1 in the leanest precision:
             the budget itself is too small; the message says what would fit.
     """
-    size = ModelSize.of(model)
+    size = size_of(model)
     budget = options.memory_budget_bytes
     if budget is None:
         weights = size.parameters * model.dtype.itemsize

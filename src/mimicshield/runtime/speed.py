@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models import LatentDiffusion
+from ..models.ensemble import Surrogate, members_of
 
 
 @dataclass(frozen=True)
@@ -24,12 +25,14 @@ class SpeedOptions:
 
     Attributes:
         channels_last: NHWC weights and activations; faster with oneDNN convolutions on CPUs
-            and on tensor-core GPUs.
-        compile: ``torch.compile`` the VAE encoder and the UNet (minutes of compiling first; pays
-            off over many steps or images of one size).
-        attention_slicing: diffusers' sliced attention in the UNet. With torch ≥ 2 the default
-            SDPA attention already needs memory linear in the tokens, so slicing rarely helps; it
-            is here for backends without efficient attention.
+            and on tensor-core GPUs. It changes only 4-D weights: the VAE and a UNet; of the
+            transformers (SD3, FLUX), only SD3's patch embedding, FLUX's nothing.
+        compile: ``torch.compile`` the VAE encoder and the denoiser (minutes of compiling first;
+            pays off over many steps or images of one size).
+        attention_slicing: diffusers' sliced attention in a UNet (the transformers of SD3 and
+            FLUX have no such switch: left as they are). With torch ≥ 2 the default SDPA
+            attention already needs memory linear in the tokens, so slicing rarely helps; it is
+            here for backends without efficient attention.
         vae_tiling: encode images larger than the VAE's tile size tile by tile (changes the
             latents slightly at the seams). The activations kept for the backward pass are not
             reduced, only the transient peak of one tile's forward.
@@ -56,12 +59,22 @@ class SpeedOptions:
         }
 
 
-def configure(model: LatentDiffusion, options: SpeedOptions) -> LatentDiffusion:
-    """Apply ``options`` to ``model`` in place and return it (switches that are off are untouched).
+def configure(model: Surrogate, options: SpeedOptions) -> Surrogate:
+    """Apply ``options`` to ``model`` (each member of an ensemble) in place and return it.
+
+    Switches that are off are untouched.
 
     Raises:
         RuntimeError: ``compile`` was asked for but this torch has no ``torch.compile``.
     """
+    if options.compile and not hasattr(torch, "compile"):
+        raise RuntimeError("compiling needs torch ≥ 2.0 with torch.compile")
+    for member in members_of(model):
+        _configure_one(member.model, options)
+    return model
+
+
+def _configure_one(model: LatentDiffusion, options: SpeedOptions) -> None:
     if options.channels_last:
         for network in (model.vae, model.denoiser):
             network.to(memory_format=torch.channels_last)
@@ -75,9 +88,6 @@ def configure(model: LatentDiffusion, options: SpeedOptions) -> LatentDiffusion:
         # input needs to require grad, and the perturbed images always do.
         model.vae.enable_gradient_checkpointing()
     if options.compile:
-        if not hasattr(torch, "compile"):
-            raise RuntimeError("compiling needs torch ≥ 2.0 with torch.compile")
         # Compile the parts every step runs; dynamic=False: one image size per batch.
         model.vae.encoder.compile(dynamic=False)
         model.denoiser.compile(dynamic=False)
-    return model

@@ -27,7 +27,7 @@ import gradio as gr
 from .. import METHODS, Budget, BudgetError, LatentDiffusion, ModelUnavailableError, RunOptions
 from ..imagefiles import ImageFileError
 from ..methods import TargetedMethod
-from ..models import default_dtypes, model_notes, resolve_device
+from ..models import default_dtypes, load_model, model_notes, resolve_device
 from ..runtime import MemoryPlanError, SpeedOptions
 from . import views
 from .jobs import (
@@ -56,7 +56,9 @@ class ServeSettings:
     """What ``mimicshield serve`` was told.
 
     Attributes:
-        model: hub id, local folder, "mini" or "tiny".
+        model: hub id, local folder, single-file checkpoint, "mini" or "tiny" (any family).
+        model_config: a single-file checkpoint's diffusers configuration (hub id or folder), or
+            None for diffusers' reference one.
         device: auto, cpu, cuda, cuda:N or mps.
         dtype: networks' precision, or "auto" (as ``mimicshield protect``).
         limits: caps on one job's uploads.
@@ -64,6 +66,7 @@ class ServeSettings:
     """
 
     model: str
+    model_config: str | None = None
     device: str = "auto"
     dtype: str = "auto"
     limits: UploadLimits = field(default_factory=UploadLimits)
@@ -90,8 +93,11 @@ class LazyModel:
                 progress(0, desc=f"Loading the model '{self._settings.model}' (first use only)…")
                 device = resolve_device(self._settings.device)
                 self.dtypes = default_dtypes(device, self._settings.dtype)
-                self._model = LatentDiffusion.from_pretrained(
-                    self._settings.model, device=device, dtype=self.dtypes[0]
+                self._model = load_model(
+                    self._settings.model,
+                    device=device,
+                    dtype=self.dtypes[0],
+                    config=self._settings.model_config,
                 )
             return self._model
 
