@@ -138,12 +138,15 @@ class LatentDiffusion:
         *,
         device: str | torch.device = "auto",
         dtype: str | torch.dtype = "fp32",
+        config: str | os.PathLike | None = None,
     ) -> LatentDiffusion:
         """Load any family from a hub id, a diffusers folder or a single ``.safetensors`` file.
 
         ``mini`` and ``mini-flow`` name the miniatures shipped with the package; the names in
         ``RANDOM_MODELS`` build random-weight models from a config (tests, benchmarks). The
-        family comes from the folder's ``model_index.json`` (or the single file's keys).
+        family comes from the folder's ``model_index.json`` (or the single file's keys); a single
+        file's architecture configuration comes from ``config`` (a hub id or local diffusers
+        folder) or diffusers' reference repository for the detected type.
 
         Raises:
             ModelUnavailableError: the weights or configuration are missing and cannot be
@@ -151,7 +154,7 @@ class LatentDiffusion:
         """
         from .loading import DEFAULT_MODEL, load_model
 
-        return load_model(name_or_path or DEFAULT_MODEL, device=device, dtype=dtype)
+        return load_model(name_or_path or DEFAULT_MODEL, device=device, dtype=dtype, config=config)
 
     @classmethod
     def random(cls, architecture: str = "tiny", *, seed: int = 0) -> LatentDiffusion:
