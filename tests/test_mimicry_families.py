@@ -1,49 +1,26 @@
 """Mimicry on every family: SDXL, SD3 (with and without T5) and FLUX through their pipelines.
 
-SDEdit, one-step reconstruction and inpainting; LoRA and DreamBooth on the denoiser; SDXL
-textual inversion; an evaluation with a flow-matching surrogate.
+SDEdit, one-step reconstruction and inpainting, and an evaluation with a flow-matching surrogate
+(fine-tuning on every family: test_finetune_families.py).
 """
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.flux.pipeline_flux import FluxPipeline, calculate_shift
+from PIL import Image
 
-from mimicshield import LatentDiffusion
-from mimicshield.mimicry import (
-    center_mask,
-    inpaint,
-    one_step_reconstruction,
-    sdedit,
-)
-from mimicshield.models import StableDiffusion3
-from mimicshield.models.random_weights import TINY_SD3
+from mimicshield.cli.main import main
+from mimicshield.mimicry import center_mask, inpaint, one_step_reconstruction, sdedit
 
 #: The tiny models of the families besides SD 1.x/2.x (whose own tests are test_mimicry.py's).
 FAMILIES = ("tiny-sdxl", "tiny-sd3", "tiny-sd3-no-t5", "tiny-flux")
 FLOW_FAMILIES = ("tiny-sd3", "tiny-flux")
-
-
-def _build(name: str) -> LatentDiffusion:
-    if name == "tiny-sd3-no-t5":  # SD3 with T5 left out, as its pipelines allow
-        config = {part: value for part, value in TINY_SD3.items() if part != "text_encoder_3"}
-        return StableDiffusion3.from_config(config, name=name)
-    return LatentDiffusion.random(name)
-
-
-@pytest.fixture(scope="module")
-def models():
-    """models(name) → a tiny model of this module's own (built on first use)."""
-    built: dict[str, LatentDiffusion] = {}
-
-    def get(name: str) -> LatentDiffusion:
-        if name not in built:
-            built[name] = _build(name)
-        return built[name]
-
-    return get
 
 
 @pytest.fixture
@@ -62,8 +39,8 @@ def _weights(model):
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_sdedit_shape_range_seed_and_nothing_changed(models, name, odd_images, seeded):
-    model = models(name)
+def test_sdedit_shape_range_seed_and_nothing_changed(family_models, name, odd_images, seeded):
+    model = family_models(name)
     original, weights = odd_images.clone(), _weights(model)
     run = {"prompt": "a photo", "strength": 0.5, "num_inference_steps": 4}
     first = sdedit(model, odd_images, **run, generator=seeded(0))
@@ -80,10 +57,10 @@ def test_sdedit_shape_range_seed_and_nothing_changed(models, name, odd_images, s
     ("strength", "steps", "expected"), [(0.3, 10, 3), (1.0, 4, 4), (0.57, 100, 57)]
 )
 def test_flow_sdedit_runs_the_floor_of_strength_times_steps(
-    models, name, images, strength, steps, expected
+    family_models, name, images, strength, steps, expected
 ):
     """The flow pipelines round s·N up on their own; SDEdit runs ⌊s·N⌋ on every family."""
-    model = models(name)
+    model = family_models(name)
     calls = []
     handle = model.denoiser.register_forward_hook(lambda *args: calls.append(1))
     try:
@@ -94,8 +71,8 @@ def test_flow_sdedit_runs_the_floor_of_strength_times_steps(
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_one_step_reconstruction_shape_range_and_seed(models, name, odd_images, seeded):
-    model = models(name)
+def test_one_step_reconstruction_shape_range_and_seed(family_models, name, odd_images, seeded):
+    model = family_models(name)
     run = {"prompt": "a photo", "strength": 0.3}
     first = one_step_reconstruction(model, odd_images, **run, generator=seeded(0))
     assert first.shape == odd_images.shape and 0 <= first.min() and first.max() <= 1
@@ -159,10 +136,10 @@ def _raw_velocity(model, noisy, sigma, embeddings):
 
 @pytest.mark.parametrize("name", FLOW_FAMILIES)
 def test_flow_one_step_reconstruction_is_z_t_minus_sigma_times_velocity(
-    models, name, images, seeded
+    family_models, name, images, seeded
 ):
     """x̂₀ = z_t − σ·v̂ with σ from the scheduler's own table and v̂ from the raw transformer."""
-    model = models(name)
+    model = family_models(name)
     result = one_step_reconstruction(
         model, images, prompt="a photo", strength=0.3, generator=seeded(3)
     )
@@ -181,8 +158,8 @@ def test_flow_one_step_reconstruction_is_z_t_minus_sigma_times_velocity(
 
 
 @pytest.mark.parametrize("name", FLOW_FAMILIES)
-def test_reference_conventions_are_refused_for_flow_families(models, name, images):
-    model = models(name)
+def test_reference_conventions_are_refused_for_flow_families(family_models, name, images):
+    model = family_models(name)
     for mimic in (sdedit, one_step_reconstruction):
         with pytest.raises(ValueError, match=f"flow-matching model '{name}' \\({model.family}\\)"):
             mimic(model, images, prompt="a photo", strength=0.3, reference_conventions=True)
@@ -192,8 +169,10 @@ def test_reference_conventions_are_refused_for_flow_families(models, name, image
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_inpaint_keeps_the_pixels_outside_the_mask_and_is_seeded(models, name, odd_images, seeded):
-    model = models(name)
+def test_inpaint_keeps_the_pixels_outside_the_mask_and_is_seeded(
+    family_models, name, odd_images, seeded
+):
+    model = family_models(name)
     mask = center_mask(*odd_images.shape[-2:])
     run = {"prompt": "a photo", "num_inference_steps": 2, "guidance_scale": 2.0}
     first = inpaint(model, odd_images, mask, **run, generator=seeded(0))
@@ -202,3 +181,59 @@ def test_inpaint_keeps_the_pixels_outside_the_mask_and_is_seeded(models, name, o
     assert torch.equal(first[keep], odd_images[keep])
     assert not torch.equal(first[~keep], odd_images[~keep])
     assert torch.equal(first, inpaint(model, odd_images, mask, **run, generator=seeded(0)))
+
+
+# -------------------------------------------------------------------------------- evaluation
+
+
+@pytest.fixture
+def pictures(tmp_path):
+    """A folder of two smooth 32 × 32 PNGs."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for seed in range(2):
+        small = np.random.default_rng(seed).integers(0, 256, (4, 4, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((32, 32), Image.Resampling.BILINEAR).save(
+            folder / f"{seed}.png"
+        )
+    return folder
+
+
+def test_evaluate_with_a_flow_surrogate_and_victims_of_other_families(pictures, tmp_path):
+    out = tmp_path / "out"
+    code = main(
+        [
+            "evaluate", str(pictures), "-o", str(out), "--model", "tiny-sd3", "--device", "cpu",
+            "--victim", "tiny-flux,tiny-sdxl", "--methods", "sds-", "--steps", "2", "--eps", "8",
+            "--scenarios", "sdedit", "--strengths", "0.5", "--num-inference-steps", "2",
+            "--metrics", "psnr",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    mimicry = {(r["victim"], r["variant"], r["image"]) for r in rows if r["scenario"] == "sdedit"}
+    victims, variants = ("tiny-flux", "tiny-sdxl"), ("sdedit@0.5", "onestep@0.5")
+    assert {(v, s, i) for v in victims for s in variants for i in ("0", "1")} <= mimicry
+    for image in ("0", "1"):  # protected against the SD3 surrogate within the budget, as saved
+        clean = np.asarray(Image.open(pictures / f"{image}.png"), dtype=int)
+        protected = np.asarray(Image.open(out / "protected" / "sds-" / f"{image}.png"), dtype=int)
+        assert 0 < np.abs(protected - clean).max() <= 8
+    outputs = sorted((out / "mimicry").glob("*/*/none/*/*.png"))
+    assert len(outputs) == 2 * 2 * 2 * 2  # victims × (clean, sds-) × variants × images
+    assert {Image.open(path).size for path in outputs} == {(32, 32)}
+
+
+def test_evaluate_refuses_textual_inversion_on_a_flow_victim_before_any_work(
+    pictures, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    code = main(
+        [
+            "evaluate", str(pictures), "-o", str(out), "--model", "tiny-sdxl", "--device", "cpu",
+            "--victim", "tiny-flux", "--methods", "sds-", "--scenarios", "sdedit,textual-inversion",
+            "--metrics", "psnr",
+        ]
+    )  # fmt: skip
+    assert code == 1
+    assert "textual inversion is not available for 'tiny-flux' (flux)" in capsys.readouterr().err
+    assert not (out / "protected").exists()
