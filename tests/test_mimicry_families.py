@@ -17,6 +17,7 @@ from PIL import Image
 
 from mimicshield.cli.main import main
 from mimicshield.mimicry import center_mask, inpaint, one_step_reconstruction, sdedit
+from mimicshield.purify import diffusion_purify
 
 #: The tiny models of the families besides SD 1.x/2.x (whose own tests are test_mimicry.py's).
 FAMILIES = ("tiny-sdxl", "tiny-sd3", "tiny-sd3-no-t5", "tiny-flux")
@@ -237,3 +238,28 @@ def test_evaluate_refuses_textual_inversion_on_a_flow_victim_before_any_work(
     assert code == 1
     assert "textual inversion is not available for 'tiny-flux' (flux)" in capsys.readouterr().err
     assert not (out / "protected").exists()
+
+
+# ---------------------------------------------------------------------- diffusion purification
+
+
+@pytest.mark.parametrize("name", FLOW_FAMILIES)
+def test_diffusion_purification_of_a_flow_model_is_euler_from_sigma_t_to_zero(
+    family_models, name, images, seeded
+):
+    """Euler steps z ← z + (σ' − σ)·v̂ from σ_t to 0, σ from the scheduler's table, stride 20."""
+    model = family_models(name)
+    purified = diffusion_purify(
+        images, model, strength=0.05, num_inference_steps=50, generator=seeded(2)
+    )
+    with torch.no_grad():
+        latents = model.encode(images)  # the posterior mean
+        noise = torch.randn(latents.shape, generator=seeded(2))
+        sigmas = [_scheduler_sigma(model, t, latents.shape) for t in (49, 29, 9)] + [0.0]
+        latents = (1 - sigmas[0]) * latents + sigmas[0] * noise
+        embeddings = model.embed(["", ""])
+        for sigma, following in zip(sigmas[:-1], sigmas[1:], strict=True):
+            velocity = _raw_velocity(model, latents, sigma, embeddings)
+            latents = latents + (following - sigma) * velocity
+        expected = model.decode(latents)
+    torch.testing.assert_close(purified, expected, atol=1e-5, rtol=1e-5)
