@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mimicshield.cli.main import main
 from mimicshield.mimicry import (
     LORA_WEIGHTS_FILE,
     DreamBoothConfig,
@@ -272,3 +273,23 @@ def test_textual_inversion_is_refused_for_flow_families_with_a_pointer_to_lora(
     message = f"not available for '{name}' \\({model.family}\\).*use LoRA"
     with pytest.raises(ValueError, match=message):
         learn_token(model, images, dataclasses.replace(TOKEN, steps=1))
+
+
+# -------------------------------------------------------------------------------------- shells
+
+
+def test_cli_saves_a_tuned_transformer_and_refuses_textual_inversion_on_sd3(
+    image_folder, tmp_path, capsys
+):
+    inputs = image_folder("a.png", "b.png", size=(16, 16))
+    quick = ["--train-steps", "1", "--num-inference-steps", "1", "--num-images", "1"]
+    out = tmp_path / "db"
+    args = ["dreambooth", inputs, "-o", out, "--model", "tiny-flux", "--save-denoiser", *quick]
+    assert main(["mimic", *map(str, args)]) == 0
+    assert (out / "transformer" / "config.json").is_file()
+    assert "fine-tuned the transformer on 2 images" in capsys.readouterr().out
+
+    args = ["textual-inversion", inputs, "-o", tmp_path / "ti", "--model", "tiny-sd3", *quick]
+    assert main(["mimic", *map(str, args)]) == 2
+    assert "not available for 'tiny-sd3' (sd3)" in capsys.readouterr().err
+    assert not (tmp_path / "ti").exists()
