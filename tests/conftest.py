@@ -25,7 +25,7 @@ from PIL import Image
 
 from mimicshield import LatentDiffusion
 from mimicshield.cli.main import main
-from mimicshield.models import PerturbationNetwork, random_weights
+from mimicshield.models import PerturbationNetwork, StableDiffusion3, random_weights
 
 torch.set_num_threads(1)  # 2-core machines: one thread per process is fastest and steadiest
 
@@ -103,6 +103,37 @@ def family_models(family_model_dirs):
 @pytest.fixture(scope="session")
 def tiny_v_model(tiny_v_model_dir):
     return LatentDiffusion.from_pretrained(tiny_v_model_dir, device="cpu", dtype="fp32")
+
+
+@pytest.fixture(scope="session")
+def build_family_model():
+    """build_family_model(name) → a new tiny random model of a family besides SD 1.x/2.x.
+
+    Names: "tiny-sdxl", "tiny-sd3", "tiny-flux" (``RANDOM_MODELS``) and "tiny-sd3-no-t5", SD3
+    with its T5 left out (None), as its pipelines allow. Same name, same weights.
+    """
+
+    def build(name: str) -> LatentDiffusion:
+        if name == "tiny-sd3-no-t5":
+            config = dict(random_weights.TINY_SD3)
+            del config["text_encoder_3"]
+            return StableDiffusion3.from_config(config, name=name)
+        return LatentDiffusion.random(name)
+
+    return build
+
+
+@pytest.fixture(scope="module")
+def family_models(build_family_model):
+    """family_models(name) → ``build_family_model(name)`` of this test module's own, built once."""
+    built: dict[str, LatentDiffusion] = {}
+
+    def get(name: str) -> LatentDiffusion:
+        if name not in built:
+            built[name] = build_family_model(name)
+        return built[name]
+
+    return get
 
 
 @pytest.fixture(scope="session")

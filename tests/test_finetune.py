@@ -157,7 +157,7 @@ def test_weights_that_do_not_fit_are_refused_and_the_model_restored(model, seede
     before = _snapshot(model)
     lacking = dict(list(weights.state_dict.items())[2:])
     for state_dict in (lacking, weights.state_dict | {"nowhere.lora_A.weight": torch.zeros(4, 4)}):
-        with pytest.raises(ValueError, match="do not fit this UNet"):
+        with pytest.raises(ValueError, match="do not fit this unet"):
             with installed_lora(model, LORA, state_dict):
                 pass
     _assert_bit_exact(model, before)
@@ -180,7 +180,7 @@ def test_lora_config_is_checked(settings, message):
 def test_the_gpu_preset_is_the_diffusers_examples_recipe():
     gpu = LORA_PRESETS["gpu"]
     assert (gpu.rank, gpu.lora_alpha, gpu.learning_rate, gpu.steps) == (4, 4.0, 1e-4, 500)
-    assert gpu.peft_config().target_modules == {"to_k", "to_q", "to_v", "to_out.0"}
+    assert gpu.peft_config("sd").target_modules == {"to_k", "to_q", "to_v", "to_out.0"}
 
 
 # ------------------------------------------------------------------------------------ DreamBooth
@@ -196,15 +196,15 @@ def test_dreambooth_trains_a_copy_lowers_the_loss_and_never_touches_the_model(
     tuned = train_dreambooth(model, images, DREAMBOOTH, generator=seeded(0))
 
     _assert_bit_exact(model, before)
-    assert tuned.unet is not model.unet
+    assert tuned.part == "unet" and tuned.denoiser is not model.unet
     moved = [
         key
-        for key, value in tuned.unet.state_dict().items()
+        for key, value in tuned.denoiser.state_dict().items()
         if not torch.equal(value, before["unet"]["weights"][key])
     ]
     assert moved
     swapped = StableDiffusion(
-        model.vae, tuned.unet, model.text_encoder, model.tokenizer, model.scheduler
+        model.vae, tuned.denoiser, model.text_encoder, model.tokenizer, model.scheduler
     )
     assert _held_out_loss(swapped, images) < base_loss
 
@@ -243,7 +243,7 @@ def test_cli_lora_and_dreambooth_write_images_and_only_small_files(
     assert sorted(p.name for p in out.iterdir()) == ["dreambooth-000.png", "dreambooth-001.png"]
     assert _mimic("dreambooth", inputs, "-o", out, "--save-unet", model_dir=tiny_model_dir) == 0
     assert (out / "unet" / "config.json").is_file()
-    assert "fine-tuned the UNet on 2 images" in capsys.readouterr().out
+    assert "fine-tuned the unet on 2 images" in capsys.readouterr().out
 
 
 def test_cli_refuses_a_bad_setting_before_loading_a_model(image_folder, tmp_path, capsys):

@@ -19,7 +19,7 @@ from mimicshield.mimicry import (
     center_mask,
     denoising_steps,
     generate,
-    initializer_embedding,
+    initializer_embeddings,
     inpaint,
     installed_token,
     is_inpainting_model,
@@ -342,7 +342,7 @@ def test_textual_inversion_leaves_tokenizer_and_text_encoder_exactly_as_before(
     fresh_model.text_encoder.requires_grad_(False)
     fresh_model.text_encoder.get_input_embeddings().requires_grad_(True)
     before = _snapshot(fresh_model)
-    initial = initializer_embedding(fresh_model, "painting")
+    (initial,) = initializer_embeddings(fresh_model, "painting")
 
     config = TextualInversionConfig(steps=4, batch_size=2)
     generated, token = textual_inversion(
@@ -352,8 +352,9 @@ def test_textual_inversion_leaves_tokenizer_and_text_encoder_exactly_as_before(
     _assert_same_state(fresh_model, before)
     assert generated.shape == (2, 3, 16, 20)
     assert 0 <= generated.min() and generated.max() <= 1
-    assert token.embedding.shape == initial.shape
-    assert not torch.allclose(token.embedding, initial)  # the learned row moved
+    (learned,) = token.embeddings  # one text encoder, one vector
+    assert learned.shape == initial.shape
+    assert not torch.allclose(learned, initial)  # the learned row moved
     assert len(token.losses) == 4 and all(torch.isfinite(torch.tensor(token.losses)))
     assert token.config == config
 
@@ -363,8 +364,8 @@ def test_learn_token_same_seed_same_embedding(tiny_model, images, seeded):
     first = learn_token(tiny_model, images, config, generator=seeded(0))
     again = learn_token(tiny_model, images, config, generator=seeded(0))
     other = learn_token(tiny_model, images, config, generator=seeded(1))
-    assert torch.equal(first.embedding, again.embedding)
-    assert not torch.equal(first.embedding, other.embedding)
+    assert torch.equal(first.embeddings[0], again.embeddings[0])
+    assert not torch.equal(first.embeddings[0], other.embeddings[0])
 
 
 def test_learn_token_reports_progress(tiny_model, images):
@@ -385,14 +386,14 @@ def test_installed_token_only_inside_the_block_and_restored_after_an_error(tiny_
     table = tiny_model.text_encoder.get_input_embeddings()
     vocab_size = len(tiny_model.tokenizer)
     with pytest.raises(RuntimeError, match="boom"), torch.no_grad():
-        with installed_token(tiny_model, placeholder, torch.zeros(32)) as token:
+        with installed_token(tiny_model, placeholder, [torch.zeros(32)]) as token:
             zero = token.embed(tiny_model, [prompt])
-            token.vector.fill_(1.0)
+            token.vectors[0].fill_(1.0)
             one = token.embed(tiny_model, [prompt])
             assert not torch.allclose(zero.hidden_states, one.hidden_states)  # the new row
             others = token.embed(tiny_model, ["a photo"]).hidden_states
             assert torch.equal(others, plain.hidden_states)  # other prompts as before
-            assert len(token.tokenizer) == vocab_size + 1
+            assert len(token.tokenizers["tokenizer"]) == vocab_size + 1
             raise RuntimeError("boom")
     assert tiny_model.text_encoder.get_input_embeddings() is table
     assert len(tiny_model.tokenizer) == vocab_size
@@ -401,10 +402,13 @@ def test_installed_token_only_inside_the_block_and_restored_after_an_error(tiny_
 
 def test_installed_token_refuses_a_known_word_and_a_wrong_size(tiny_model):
     with pytest.raises(ValueError, match="already in the vocabulary"):
-        with installed_token(tiny_model, "a</w>", torch.zeros(32)):
+        with installed_token(tiny_model, "a</w>", [torch.zeros(32)]):
             pass
     with pytest.raises(ValueError, match=r"shape \(32,\).*got \(16,\)"):
-        with installed_token(tiny_model, "<new>", torch.zeros(16)):
+        with installed_token(tiny_model, "<new>", [torch.zeros(16)]):
+            pass
+    with pytest.raises(ValueError, match="needs 1 embeddings"):
+        with installed_token(tiny_model, "<new>", [torch.zeros(32)] * 2):
             pass
 
 
@@ -451,7 +455,7 @@ def test_generate_crops_odd_sizes_and_saved_embedding_reads_back(tiny_model, tmp
     assert images.shape == (3, 3, 12, 20)
     token.save(tmp_path / "learned.safetensors")
     assert torch.equal(
-        load_file(tmp_path / "learned.safetensors")[token.placeholder], token.embedding
+        load_file(tmp_path / "learned.safetensors")[token.placeholder], token.embeddings[0]
     )
     with pytest.raises(ValueError, match="must contain"):
         generate(tiny_model, token, prompt="no slot")

@@ -16,6 +16,11 @@ the timesteps t, t − k, t − 2k, … ≥ 0 with the stride k = T // N of an N
 ``num_inference_steps``, 100 by default as in SDEdit, so about s·N steps), the last step landing
 on the x̂₀ estimate (ᾱ = 1), and decode. With a single step it is a one-step x̂₀ reconstruction.
 The condition is the empty prompt: a purifier does not know the image's prompt.
+
+Each step re-noises x̂₀ with ε̂ to the next timestep through the model's own forward process
+(``add_noise``), so one loop serves every family: for DDPM that is DDIM's update
+√ᾱ'·x̂₀ + √(1 − ᾱ')·ε̂; for flow matching (SD3, FLUX) (1 − σ')·x̂₀ + σ'·ε̂ with x̂₀ = z − σ·v̂ and
+ε̂ = z + (1 − σ)·v̂, which is exactly the Euler step z + (σ' − σ)·v̂ of their sampler.
 """
 
 from __future__ import annotations
@@ -143,15 +148,15 @@ def diffusion_purify(
     prompt: str = "",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Noise each latent to t = round(s·T) − 1 and denoise it with DDIM back to t = 0.
+    """Noise each latent to t = round(s·T) − 1 and denoise it with DDIM (flow: Euler) to t = 0.
 
     Args:
         images: (B, 3, H, W) in [0, 1], any H and W (edge-padded to the VAE's multiple and
             cropped back). Not modified.
         model: the latent diffusion model (the one mimicry uses); its state is restored.
         strength: s in (0, 1], the fraction of the diffusion to undo.
-        num_inference_steps: DDIM steps of a full schedule, fixing the stride T // N; about
-            s · N of them are run (at least one).
+        num_inference_steps: steps of a full schedule, fixing the stride T // N; about s · N of
+            them are run (at least one).
         prompt: text condition; empty (unconditional) by default.
         generator: draws the forward-diffusion noise; same seed → same output.
 
@@ -161,7 +166,10 @@ def diffusion_purify(
     # 1. Check the inputs; choose the start timestep and the DDIM timesteps down to 0.
     check_images(images)
     check_strength(strength, "diffusion purification strength")
-    timesteps = model.ddim_timesteps(model.one_step_timestep(strength), num_inference_steps)
+    total = model.num_train_timesteps
+    check_range(num_inference_steps, "num_inference_steps", 1, total, whole=True)
+    stride = total // num_inference_steps
+    timesteps = list(range(model.one_step_timestep(strength), -1, -stride))
     height, width = images.shape[-2:]
     padded = pad_to_multiple(images.detach().float(), model.size_multiple)
 
@@ -174,19 +182,18 @@ def diffusion_purify(
         latents = model.add_noise(latents, noise, start_batch)
         embeddings = model.embed([prompt] * batch)
 
-        # 3. Deterministic DDIM (η = 0): x̂₀ and ε̂ at t, re-noised to the next timestep; the
-        #    step after the last timestep has ᾱ = 1, i.e. lands on x̂₀.
-        following = torch.tensor(timesteps[1:], dtype=torch.long)
-        next_alpha_bars = model.alpha_bar(following).tolist() + [1.0]
-        for timestep, next_alpha_bar in zip(timesteps, next_alpha_bars, strict=True):
+        # 3. Deterministic DDIM (η = 0): x̂₀ and ε̂ at t, re-noised to the next timestep (the
+        #    module docstring); the step after the last timestep lands on x̂₀.
+        for timestep, following in zip(timesteps, [*timesteps[1:], None], strict=True):
             current = torch.full((batch,), timestep, dtype=torch.long, device=latents.device)
             output = model.predict(latents, current, embeddings)
-            noise_estimate = model.predicted_noise(output, latents, current)
             estimate = model.predict_start(latents, current, output)
-            latents = (
-                math.sqrt(next_alpha_bar) * estimate
-                + math.sqrt(1 - next_alpha_bar) * noise_estimate
-            )
+            if following is None:
+                latents = estimate
+            else:
+                noise_estimate = model.predicted_noise(output, latents, current)
+                next_batch = torch.full_like(current, following)
+                latents = model.add_noise(estimate, noise_estimate, next_batch)
 
         # 4. Decode; crop back to the caller's size, device and dtype.
         decoded = model.decode(latents)

@@ -127,9 +127,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--victim",
         action="append",
         metavar="MODEL",
-        help="the imitator's model(s), which purify and mimic; hub ids, folders, 'mini' or "
-        "'tiny', comma list or repeated; an inpainting checkpoint runs the inpaint scenario with "
-        "its own 9-channel UNet (default: --model, the surrogate that protection attacks)",
+        help="the imitator's model(s), of any family (SD 1.x/2.x, SDXL, SD3, FLUX), which purify "
+        "and mimic; hub ids, folders, 'mini' or a random architecture such as 'tiny-flux', comma "
+        "list or repeated; an inpainting checkpoint runs the inpaint scenario with its own "
+        "9-channel UNet (default: --model, the surrogate that protection attacks)",
     )
     study = parser.add_argument_group(
         "human study",

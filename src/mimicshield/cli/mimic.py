@@ -34,6 +34,7 @@ from ..mimicry import (
     dreambooth,
     lora,
     textual_inversion,
+    token_encoders,
 )
 from ..runtime import collect_inputs, plan_outputs
 from .options import EXIT_FAILED, EXIT_OK, CommandError, add_model_options, load_model, number_list
@@ -187,10 +188,10 @@ def _register_lora(scenarios: argparse._SubParsersAction) -> None:
     parser = scenarios.add_parser(
         "lora",
         help="fine-tune LoRA adapters on the images, then generate",
-        description="LoRA: train low-rank adapters on the UNet's attention projections from all "
-        "readable INPUT images (one size) under one instance prompt, then generate --num-images "
-        f"images with --prompt (default: the instance prompt). Writes lora-NNN.png and "
-        f"{LORA_WEIGHTS_FILE}, which diffusers' load_lora_weights reads.",
+        description="LoRA: train low-rank adapters on the denoiser's attention projections from "
+        "all readable INPUT images (one size) under one instance prompt, then generate "
+        "--num-images images with --prompt (default: the instance prompt). Writes lora-NNN.png "
+        f"and {LORA_WEIGHTS_FILE}, which the family pipeline's load_lora_weights reads.",
     )
     _fine_tuning_options(parser, LORA_PRESETS)
     parser.add_argument("--rank", type=int, help="adapter rank (default: the preset's, 4)")
@@ -200,11 +201,12 @@ def _register_lora(scenarios: argparse._SubParsersAction) -> None:
 def _register_dreambooth(scenarios: argparse._SubParsersAction) -> None:
     parser = scenarios.add_parser(
         "dreambooth",
-        help="fine-tune the whole UNet on the images, then generate",
-        description="DreamBooth: fine-tune a copy of the UNet on all readable INPUT images (one "
-        "size) under one instance prompt, optionally with prior preservation, then generate "
-        "--num-images images with --prompt (default: the instance prompt). Writes "
-        "dreambooth-NNN.png; the UNet (as large as the model's) only with --save-unet.",
+        help="fine-tune the whole denoiser on the images, then generate",
+        description="DreamBooth: fine-tune a copy of the denoiser (UNet or transformer) on all "
+        "readable INPUT images (one size) under one instance prompt, optionally with prior "
+        "preservation, then generate --num-images images with --prompt (default: the instance "
+        "prompt). Writes dreambooth-NNN.png; the denoiser (as large as the model's) only with "
+        "--save-denoiser.",
     )
     _fine_tuning_options(parser, DREAMBOOTH_PRESETS)
     parser.add_argument("--class-prompt", help="prompt of the class images (default: 'a painting')")
@@ -218,7 +220,10 @@ def _register_dreambooth(scenarios: argparse._SubParsersAction) -> None:
         "--prior-loss-weight", type=float, help="weight of the class images' loss (default: 1)"
     )
     parser.add_argument(
-        "--save-unet", action="store_true", help="also write the fine-tuned UNet to OUTPUT/unet"
+        "--save-denoiser",
+        "--save-unet",
+        action="store_true",
+        help="also write the fine-tuned denoiser to OUTPUT/unet or OUTPUT/transformer",
     )
     parser.set_defaults(run=_run_dreambooth)
 
@@ -280,8 +285,9 @@ def _run_textual_inversion(args: argparse.Namespace) -> int:
     # 2. The training set: every readable image, all of one size.
     images, failed = _training_set(args, "textual inversion")
 
-    # 3. The model; learning with a progress bar, then generation.
+    # 3. The model (of a family with textual inversion); learning, then generation.
     model = load_model(args)
+    _scenario(lambda: token_encoders(model))
     with _progress(config.steps, "textual inversion") as on_step:
         generated, token = textual_inversion(
             model,
@@ -381,14 +387,14 @@ def _run_dreambooth(args: argparse.Namespace) -> int:
             callback=on_step,
         )
 
-    # 4. The images, and the UNet only when asked for (it is as large as the model's).
+    # 4. The images, and the denoiser only when asked for (it is as large as the model's).
     args.output.mkdir(parents=True, exist_ok=True)
-    if args.save_unet:
-        tuned.save(args.output / "unet")
-        print(f"  {args.output / 'unet'}")
+    if args.save_denoiser:
+        tuned.save(args.output / tuned.part)
+        print(f"  {args.output / tuned.part}")
     failed += _write_generated(args.output, "dreambooth", generated)
     print(
-        f"fine-tuned the UNet on {len(images)} images in {config.steps} steps "
+        f"fine-tuned the {tuned.part} on {len(images)} images in {config.steps} steps "
         f"(final loss {tuned.losses[-1]:.4f}); wrote {args.num_images} images to {args.output}"
     )
     return EXIT_FAILED if failed else EXIT_OK

@@ -144,6 +144,10 @@ class Evaluation:
             default the surrogate alone.
         processes: this process's place in a multi-process run; by default a lone process.
 
+    Raises:
+        ValueError: no images, a set scenario on images of several sizes, or a scenario that a
+            victim's family cannot run (textual inversion on SD3 or FLUX, say).
+
     Layout of ``folder``: PNGs in ``clean/``, ``protected/<method>/`` and
     ``mimicry/<victim>/<method or clean>/<purifier>/<variant>/``, each with a hidden
     ``.<name>.key`` file holding the digest it was made from; ``results.json``, ``results.csv``.
@@ -173,6 +177,9 @@ class Evaluation:
         self.progress = progress or (lambda description: None)
         self.processes = processes or _LoneProcess()
         chosen = list(victims) if victims else [model]
+        for scenario in plan.scenarios:  # a family that cannot run one is found now, too
+            for victim in chosen:
+                scenario.check(victim)
         self.victims = dict(zip(_labels(chosen), chosen, strict=True))
         self.names = _unique_stems(images)
         self.contents = {

@@ -5,15 +5,18 @@ that returns images in [0, 1]. The diffusers pipelines behind them are built fro
 already loaded parts (nothing is loaded twice) and leave the model as they found it. Randomness
 comes only from the ``generator`` argument.
 
-- ``sdedit`` (multi-step DDIM img2img) and ``one_step_reconstruction`` (x̂₀ in one UNet call);
+Every family (SD 1.x/2.x, SDXL, SD3, FLUX) runs through its own diffusers pipelines:
+
+- ``sdedit`` (multi-step img2img) and ``one_step_reconstruction`` (x̂₀ in one denoiser call);
 - ``inpaint`` with an SD inpainting model or, for a base model, latent blending; masks from
   ``MASKS`` (``center``, ``border``, ``strokes``) or a file;
-- ``textual_inversion``: ``learn_token`` then ``generate``, the token installed only inside
-  ``installed_token``'s ``with`` block;
-- ``lora``: ``train_lora`` (adapters on the UNet's attention, installed only inside
-  ``installed_lora``'s ``with`` block) then ``sample_lora``; weights saved as diffusers saves them;
-- ``dreambooth``: ``train_dreambooth`` (a private copy of the UNet fine-tuned, optionally with
-  prior preservation) then ``sample_dreambooth``;
+- ``textual_inversion`` (SD 1.x/2.x and SDXL, where diffusers has it): ``learn_token`` then
+  ``generate``, the token installed only inside ``installed_token``'s ``with`` block;
+- ``lora``: ``train_lora`` (adapters on the denoiser's attention, installed only inside
+  ``installed_lora``'s ``with`` block) then ``sample_lora``; weights saved as the family's
+  pipeline saves them;
+- ``dreambooth``: ``train_dreambooth`` (a private copy of the denoiser fine-tuned, optionally
+  with prior preservation) then ``sample_dreambooth``;
 - ``scenarios``: each of the above as a small frozen configuration with one ``run`` (``SCENARIOS``
   by name), what ``mimicshield mimic`` and ``mimicshield evaluate`` both run.
 """
@@ -25,7 +28,7 @@ from .dreambooth import (
     CLASS_PROMPT,
     DREAMBOOTH_PRESETS,
     DreamBoothConfig,
-    TunedUNet,
+    TunedDenoiser,
     dreambooth,
     sample_dreambooth,
     train_dreambooth,
@@ -60,10 +63,11 @@ from .textual_inversion import (
     LearnedToken,
     TextualInversionConfig,
     generate,
-    initializer_embedding,
+    initializer_embeddings,
     installed_token,
     learn_token,
     textual_inversion,
+    token_encoders,
 )
 
 __all__ = [
@@ -79,7 +83,7 @@ __all__ = [
     "LoRAConfig",
     "LoRAScenario",
     "LoRAWeights",
-    "TunedUNet",
+    "TunedDenoiser",
     "dreambooth",
     "installed_lora",
     "lora",
@@ -101,7 +105,7 @@ __all__ = [
     "center_mask",
     "denoising_steps",
     "generate",
-    "initializer_embedding",
+    "initializer_embeddings",
     "inpaint",
     "installed_token",
     "is_inpainting_model",
@@ -111,4 +115,5 @@ __all__ = [
     "sdedit",
     "strokes_mask",
     "textual_inversion",
+    "token_encoders",
 ]

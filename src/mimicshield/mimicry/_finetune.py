@@ -2,10 +2,12 @@
 
 Each step draws a minibatch of images (with replacement), a posterior sample of their latents, a
 timestep t ~ U{0..T−1} and noise per image, and takes one AdamW step on the denoising loss against
-the model's own target (ε or v) with the gradient norm clipped at 1, as ``train_dreambooth.py``
-and ``train_text_to_image_lora.py`` do (constant learning rate, torch's AdamW defaults, which are
-the examples' β = (0.9, 0.999), weight decay 0.01, ε = 1e-8). With a prior set, each step adds the
-same loss on a minibatch of class images, weighted (DreamBooth's prior preservation).
+the model's own target (ε, v or the flow velocity) with the gradient norm clipped at 1, as
+``train_dreambooth.py`` and ``train_text_to_image_lora.py`` do (constant learning rate, torch's
+AdamW defaults, which are the examples' β = (0.9, 0.999), weight decay 0.01, ε = 1e-8). With a
+prior set, each step adds the same loss on a minibatch of class images, weighted (DreamBooth's
+prior preservation). For the flow families the uniform timestep is the FLUX example's default;
+the SD3 example draws σ from a logit-normal density instead (``--weighting_scheme``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ class TrainingSet:
 
     Attributes:
         images: (N, 3, H, W) float32 in [0, 1] on the model's device, H and W multiples of the
-            VAE's factor.
+            model's size multiple.
         embeddings: the prompt (a batch of one), encoded for the denoiser, no gradient.
     """
 
@@ -41,7 +43,7 @@ class TrainingSet:
 
     @classmethod
     def of(cls, model: LatentDiffusion, images: torch.Tensor, prompt: str) -> TrainingSet:
-        """Edge-pad ``images`` (N, 3, H, W) in [0, 1] to the VAE's multiple; embed ``prompt``."""
+        """Edge-pad ``images`` (N, 3, H, W) in [0, 1] to the size multiple; embed ``prompt``."""
         padded = pad_to_multiple(images.detach().float(), model.size_multiple)
         return cls(padded.to(model.device), model.embed([prompt]))
 
@@ -55,7 +57,7 @@ def minibatch_loss(
     """The denoising loss of ``batch_size`` images drawn from ``training``, a scalar.
 
     Draw order: image indices, then ``StepNoise.draw``'s timesteps, noise and posterior noise.
-    The VAE runs without gradient; the loss is differentiable in the UNet's trainable weights.
+    The VAE runs without gradient; the loss is differentiable in the denoiser's trainable weights.
     """
     picks = randint(0, len(training.images), (batch_size,), generator, device=model.device)
     batch = training.images[picks]
@@ -79,11 +81,11 @@ def fine_tune(
     prior_loss_weight: float = 1.0,
     callback: TrainingCallback | None = None,
 ) -> tuple[float, ...]:
-    """Train ``parameters`` (those of ``model``'s UNet that should move) for ``steps`` steps.
+    """Train ``parameters`` (those of ``model``'s denoiser that should move) for ``steps`` steps.
 
     Args:
-        model: the model whose UNet holds ``parameters``; call inside ``model.frozen()`` so that
-            nothing else gets a gradient.
+        model: the model whose denoiser (UNet or transformer) holds ``parameters``; call inside
+            ``model.frozen()`` so that nothing else gets a gradient.
         parameters: the trainable tensors, in float32 (AdamW updates of 1e-4 and below vanish in
             half precision).
         instances: the images to learn and their prompt.

@@ -1,16 +1,17 @@
-"""DreamBooth: fine-tune the whole UNet on a few images under one rare-token prompt, then sample.
+"""DreamBooth: fine-tune the whole denoiser on a few images under one rare-token prompt; sample.
 
 Ruiz et al., "DreamBooth: fine tuning text-to-image diffusion models for subject-driven
 generation", CVPR 2023, as diffusers' ``train_dreambooth.py`` runs it (text encoder frozen): every
-UNet weight is trained with AdamW at a small constant rate on the denoising loss in the model's
-own parameterisation, every image under the instance prompt ("a painting in the style of sks").
-With prior preservation, class images that the *base* model generates from the class prompt
-("a painting") are trained on alongside, their loss weighted (1 in the paper), so that the class
-keeps its meaning while the rare token takes the style.
+weight of the denoiser (the UNet; SD3's and FLUX's transformer, as ``train_dreambooth_sd3.py`` and
+``train_dreambooth_flux.py`` do) is trained with AdamW at a small constant rate on the denoising
+loss in the model's own parameterisation, every image under the instance prompt ("a painting in
+the style of sks"). With prior preservation, class images that the *base* model generates from
+the class prompt ("a painting") are trained on alongside, their loss weighted (1 in the paper),
+so that the class keeps its meaning while the rare token takes the style.
 
-The shared model is never modified: training runs on a private copy of its UNet, in the model's
-dtype (train a float32 model: half-precision weights round updates of 5e-6 away). The copy serves
-sampling and is returned; nothing is written unless ``TunedUNet.save`` is called.
+The shared model is never modified: training runs on a private copy of its denoiser, in the
+model's dtype (train a float32 model: half-precision weights round updates of 5e-6 away). The
+copy serves sampling and is returned; nothing is written unless ``TunedDenoiser.save`` is called.
 
 Settings: ``DreamBoothConfig()`` is quick (100 steps, no prior preservation);
 ``DREAMBOOTH_PRESETS["gpu"]`` holds the example's values for real models.
@@ -19,17 +20,15 @@ Settings: ``DreamBoothConfig()`` is quick (100 steps, no prior preservation);
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
 
 import torch
-from diffusers import UNet2DConditionModel
 
 from ..models import LatentDiffusion
 from ..tensors import check_guidance, check_images, check_positive
-from ._common import text_to_image
+from ._common import denoiser_part, model_with, text_to_image
 from ._finetune import TrainingCallback, TrainingSet, check_training, fine_tune
 from .lora import INSTANCE_PROMPT
 
@@ -43,7 +42,7 @@ CLASS_IMAGES_PER_CALL = 4
 
 @dataclass(frozen=True)
 class DreamBoothConfig:
-    """How the UNet copy is trained.
+    """How the denoiser copy is trained.
 
     The defaults are quick; ``DREAMBOOTH_PRESETS["gpu"]`` holds the diffusers example's values.
     """
@@ -62,7 +61,7 @@ class DreamBoothConfig:
     num_class_images: int = 0
     #: Weight of the class images' loss (the paper's λ = 1).
     prior_loss_weight: float = 1.0
-    #: DDIM steps of generating the class images.
+    #: Sampler steps of generating the class images.
     class_inference_steps: int = 50
     #: Classifier-free guidance of generating the class images.
     class_guidance_scale: float = 7.5
@@ -90,23 +89,28 @@ DREAMBOOTH_PRESETS = {
 
 
 @dataclass(frozen=True)
-class TunedUNet:
+class TunedDenoiser:
     """The result of ``train_dreambooth``.
 
     Attributes:
         config: how it was trained.
-        unet: the fine-tuned copy of the model's UNet (the model's device and dtype, eval mode,
-            no gradients), used by ``sample_dreambooth``.
+        part: the denoiser's part name, "unet" or "transformer" (as the pipelines take it).
+        denoiser: the fine-tuned copy of the model's denoiser (the model's device and dtype, eval
+            mode, no gradients), used by ``sample_dreambooth``.
         losses: the total loss of each training step.
     """
 
     config: DreamBoothConfig
-    unet: UNet2DConditionModel = field(repr=False)
+    part: str
+    denoiser: torch.nn.Module = field(repr=False)
     losses: tuple[float, ...] = ()
 
     def save(self, folder: str | os.PathLike) -> None:
-        """Write the fine-tuned UNet as a diffusers folder (as large as the model's own UNet)."""
-        self.unet.save_pretrained(folder)
+        """Write the fine-tuned denoiser as a diffusers folder (as large as the model's own).
+
+        A pipeline takes it back as its ``unet`` or ``transformer`` (``part``).
+        """
+        self.denoiser.save_pretrained(folder)
 
 
 def class_images(
@@ -147,8 +151,8 @@ def train_dreambooth(
     *,
     generator: torch.Generator | None = None,
     callback: TrainingCallback | None = None,
-) -> TunedUNet:
-    """Fine-tune a copy of ``model``'s UNet on ``images``; the model itself is not touched.
+) -> TunedDenoiser:
+    """Fine-tune a copy of ``model``'s denoiser on ``images``; the model itself is not touched.
 
     Args:
         model: the loaded model; its networks are only read (a float32 model is best: see the
@@ -161,14 +165,15 @@ def train_dreambooth(
         callback: called after each step with (step, steps, loss).
 
     Returns:
-        The fine-tuned UNet copy, its configuration and the loss of each step.
+        The fine-tuned denoiser copy, its configuration and the loss of each step.
     """
     # 1. Check the inputs; generate the class images with the base model, if any.
     config = DreamBoothConfig() if config is None else config
     check_images(images)
     if model.dtype != torch.float32:
         logger.warning(
-            "DreamBooth trains the UNet in the model's %s; updates of %g may be lost to rounding",
+            "DreamBooth trains the denoiser in the model's %s; updates of %g may be lost to "
+            "rounding",
             model.dtype,
             config.learning_rate,
         )
@@ -179,16 +184,17 @@ def train_dreambooth(
         )
         prior = TrainingSet.of(model, generated, config.class_prompt)
 
-    # 2. A private copy of the UNet, trainable; a view of the model that runs it.
+    # 2. A private copy of the denoiser, trainable; a view of the model that runs it.
+    part = denoiser_part(model)
     with model.frozen():
-        unet = copy.deepcopy(model.unet).requires_grad_(True)
-        tuned = _with_unet(model, unet)
+        denoiser = copy.deepcopy(model.denoiser).requires_grad_(True)
+        tuned = model_with(model, **{part: denoiser})
         instances = TrainingSet.of(model, images, config.instance_prompt)
 
-        # 3. The loop of diffusers' example, every UNet weight trained.
+        # 3. The loop of diffusers' example, every weight of the denoiser trained.
         losses = fine_tune(
             tuned,
-            list(unet.parameters()),
+            list(denoiser.parameters()),
             instances,
             steps=config.steps,
             batch_size=config.batch_size,
@@ -198,17 +204,12 @@ def train_dreambooth(
             prior_loss_weight=config.prior_loss_weight,
             callback=callback,
         )
-    return TunedUNet(config, unet.eval().requires_grad_(False), losses)
-
-
-def _with_unet(model: LatentDiffusion, unet: UNet2DConditionModel) -> LatentDiffusion:
-    """A model that shares every part of ``model`` except its UNet (and its own caches)."""
-    return dataclasses.replace(model, unet=unet, _prompt_cache={}, _blank_cache={})
+    return TunedDenoiser(config, part, denoiser.eval().requires_grad_(False), losses)
 
 
 def sample_dreambooth(
     model: LatentDiffusion,
-    tuned: TunedUNet,
+    tuned: TunedDenoiser,
     *,
     prompt: str | None = None,
     num_images: int = 4,
@@ -218,16 +219,17 @@ def sample_dreambooth(
     guidance_scale: float = 7.5,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Generate ``num_images`` images with the fine-tuned UNet and the model's other parts.
+    """Generate ``num_images`` images with the fine-tuned denoiser and the model's other parts.
 
     Args:
-        model: the base model (VAE, text encoder, tokenizer, schedule); not modified.
-        tuned: the fine-tuned UNet.
+        model: the base model (VAE, text encoders, tokenizers, schedule); not modified.
+        tuned: the fine-tuned denoiser (of ``model``'s family).
         prompt: the prompt; None for the instance prompt.
         num_images: how many images.
-        height: their height in pixels (made at the next multiple of 8, then cropped).
+        height: their height in pixels (made at the next multiple of the model's size multiple
+            and of 8, then cropped).
         width: their width in pixels (likewise).
-        num_inference_steps: DDIM steps.
+        num_inference_steps: sampler steps (DDIM; the flow families' Euler).
         guidance_scale: classifier-free guidance weight (1 disables it).
         generator: the only randomness; same seed → same images.
 
@@ -245,7 +247,7 @@ def sample_dreambooth(
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             generator=generator,
-            unet=tuned.unet,
+            **{tuned.part: tuned.denoiser},
         )
 
 
@@ -260,23 +262,23 @@ def dreambooth(
     guidance_scale: float = 7.5,
     generator: torch.Generator | None = None,
     callback: TrainingCallback | None = None,
-) -> tuple[torch.Tensor, TunedUNet]:
-    """Fine-tune a UNet copy on ``images`` (DreamBooth), then generate at the images' size.
+) -> tuple[torch.Tensor, TunedDenoiser]:
+    """Fine-tune a denoiser copy on ``images`` (DreamBooth), then generate at the images' size.
 
     Args:
         model: the loaded model; not modified.
         images: (N, 3, H, W) float in [0, 1]. Not modified.
-        config: how the UNet is trained (``DreamBoothConfig()`` when None).
+        config: how the denoiser is trained (``DreamBoothConfig()`` when None).
         prompt: the sampling prompt; None for the instance prompt.
         num_images: how many images to generate.
-        num_inference_steps: DDIM steps of the generation.
+        num_inference_steps: sampler steps of the generation.
         guidance_scale: classifier-free guidance weight of the generation (1 disables it).
         generator: the only randomness, used by training then generation.
         callback: training progress, (step, steps, loss).
 
     Returns:
         The generated images (num_images, 3, H, W) in [0, 1] on ``images``' device and in their
-        dtype, and the fine-tuned UNet.
+        dtype, and the fine-tuned denoiser.
     """
     tuned = train_dreambooth(model, images, config, generator=generator, callback=callback)
     generated = sample_dreambooth(

@@ -16,6 +16,7 @@ pasted back from the input, so they are exactly the input's.
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 
@@ -46,8 +47,8 @@ def inpaint(
     Args:
         model: an SD inpainting model (9-channel UNet) or a base model (latent blending); its
             parts are used in place and its state left as it was.
-        images: (B, 3, H, W) float in [0, 1], any H and W (edge-padded to the VAE's multiple and
-            cropped back). Not modified.
+        images: (B, 3, H, W) float in [0, 1], any H and W (edge-padded to the model's size
+            multiple and cropped back). Not modified.
         mask: (1 or B, 1, H, W) in [0, 1]; values >= 0.5 (white) are repainted, the rest kept.
             Binarised as diffusers does, so "kept" is unambiguous.
         prompt: text condition, the same for every image.
@@ -71,8 +72,9 @@ def inpaint(
         "inpainting with %s", "the inpainting UNet" if is_inpainting_model(model) else "blending"
     )
 
-    # 2. Run the inpainting pipeline on the same parts, padded to the VAE's multiple.
-    factor = model.size_multiple
+    # 2. Run the inpainting pipeline on the same parts, padded to the size multiple (and to 8,
+    #    which SDXL's inpainting pipeline asks of every model, whatever its VAE's factor).
+    factor = math.lcm(model.size_multiple, 8)
     padded = pad_to_multiple(images.detach().float(), factor)
     padded_mask = pad_to_multiple(repaint.float(), factor)
     pipeline = build_pipeline("inpaint", model)

@@ -4,7 +4,9 @@ A scenario turns a set of images (clean, or protected and purified) into mimicry
 *variant*: SDEdit yields one variant per strength (and per one-step reconstruction), inpainting
 one, textual inversion, LoRA and DreamBooth one set of generated images each. Per-image
 scenarios return one output per input; set scenarios (those that learn from the whole set) return
-generated images that are compared as sets only.
+generated images that are compared as sets only. ``check(model)`` says, before any work, whether
+a model's family can run the scenario as configured (every family runs every scenario but
+textual inversion, which SD3 and FLUX lack, and SDEdit's reference conventions, which are DDIM's).
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from .dreambooth import DreamBoothConfig, dreambooth
 from .inpaint import inpaint
 from .lora import LoRAConfig, lora
 from .masks import MASKS
-from .sdedit import one_step_reconstruction, sdedit
-from .textual_inversion import TextualInversionConfig
+from .sdedit import check_reference_conventions, one_step_reconstruction, sdedit
+from .textual_inversion import TextualInversionConfig, token_encoders
 from .textual_inversion import textual_inversion as learn_and_generate
 
 
@@ -50,6 +52,11 @@ class SDEditScenario:
         check_guidance(self.guidance_scale)
         if not (self.one_step or self.multi_step):
             raise ValueError("SDEdit needs one_step or multi_step (or both)")
+
+    def check(self, model: LatentDiffusion) -> None:
+        """Raise ValueError if ``model`` cannot run this: reference conventions on a flow model."""
+        if self.reference_conventions:
+            check_reference_conventions(model)
 
     def variants(self) -> list[str]:
         """The names of this scenario's outputs, as files and result rows use them."""
@@ -116,6 +123,9 @@ class InpaintScenario:
         check_positive(self.num_inference_steps, "num_inference_steps")
         check_guidance(self.guidance_scale)
 
+    def check(self, model: LatentDiffusion) -> None:
+        """Nothing to refuse: every family has an inpainting pipeline."""
+
     def variants(self) -> list[str]:
         """The names of this scenario's outputs, as files and result rows use them."""
         return [f"inpaint-{'file' if self.mask_image is not None else self.mask}"]
@@ -168,6 +178,10 @@ class TextualInversionScenario:
     num_inference_steps: int = 50
     guidance_scale: float = 7.5
 
+    def check(self, model: LatentDiffusion) -> None:
+        """Raise ValueError for a family without textual inversion (SD3, FLUX: use LoRA)."""
+        token_encoders(model)
+
     def variants(self) -> list[str]:
         """The names of this scenario's outputs, as files and result rows use them."""
         return ["textual-inversion"]
@@ -218,6 +232,9 @@ class _FineTuningScenario:
         check_positive(self.num_images, "num_images")
         check_positive(self.num_inference_steps, "num_inference_steps")
         check_guidance(self.guidance_scale)
+
+    def check(self, model: LatentDiffusion) -> None:
+        """Nothing to refuse: every family's denoiser can be fine-tuned."""
 
     def variants(self) -> list[str]:
         """The names of this scenario's outputs, as files and result rows use them."""

@@ -26,8 +26,9 @@ Where our conventions differ from the paper's reference code (Diff-Protect ``att
 
 Flow-matching families (SD3, FLUX) run their own img2img pipelines with the Euler flow sampler:
 the latent is mixed with noise at the σ of the first of the last ⌊s·N⌋ steps and integrated from
-there, the same "re-run a fraction s of the schedule" meaning of strength; the reference's DDIM
-conventions do not apply to them.
+there, the same "re-run a fraction s of the schedule" meaning of strength (their pipelines round
+s·N up where SD's round it down; ``pipeline_strength`` makes both run ⌊s·N⌋). The reference's DDIM
+conventions do not apply to them: ``reference_conventions`` is refused.
 
 An inpainting model (9-channel UNet) is run as diffusers' inpainting pipeline with a mask that
 covers the whole image: the same noising and DDIM steps, with the UNet given the "repaint
@@ -82,6 +83,27 @@ def denoising_steps(strength: float, num_inference_steps: int) -> int:
     return steps
 
 
+def pipeline_strength(model: LatentDiffusion, steps: int, num_inference_steps: int) -> float:
+    """The ``strength`` to hand the family's img2img pipeline so that it runs exactly ``steps``.
+
+    The pipelines recompute the step count from the strength s they are given, two ways: the
+    DDPM families' (SD, SDXL) run int(s·N) steps, the flow families' (SD3, FLUX) N − int(N − s·N),
+    i.e. ⌈s·N⌉. Handing them the middle of the interval that yields ``steps`` (steps ± ½ over N)
+    gives ``steps`` exactly under either rule, whatever the float round-off.
+    """
+    middle = steps - 0.5 if model.prediction_type == "flow" else steps + 0.5
+    return min(1.0, middle / num_inference_steps)
+
+
+def check_reference_conventions(model: LatentDiffusion) -> None:
+    """Raise ValueError for a flow-matching model: the reference's conventions are DDIM's."""
+    if model.prediction_type == "flow":
+        raise ValueError(
+            "reference_conventions reproduce the reference's DDIM schedule; they do not apply "
+            f"to the flow-matching model '{model.name}' ({model.family})"
+        )
+
+
 def sdedit(
     model: LatentDiffusion,
     images: torch.Tensor,
@@ -105,10 +127,13 @@ def sdedit(
         guidance_scale: classifier-free guidance; 1 (the protocol's) means none.
         generator: the only randomness (posterior sample and noise); same seed → same output.
         reference_conventions: noise one DDIM stride higher and take k = int(s·N), as the
-            reference code does (see the module docstring).
+            reference code does (see the module docstring); DDPM families only.
 
     Returns:
         (B, 3, H, W) in [0, 1], on the device and in the dtype of ``images``.
+
+    Raises:
+        ValueError: ``reference_conventions`` for a flow-matching model, or a bad argument.
 
     Examples:
         >>> import torch
@@ -130,26 +155,18 @@ def sdedit(
     check_images(images)
     check_guidance(guidance_scale)
     steps = denoising_steps(strength, num_inference_steps)
+    overrides = {}
     if reference_conventions:
+        check_reference_conventions(model)
         steps = max(1, int(strength * num_inference_steps))
-    # diffusers recomputes ⌊s·N⌋; handing it the middle of the step's interval yields `steps`
-    # exactly, whatever the float round-off.
-    pipeline_strength = min(1.0, (steps + 0.5) / num_inference_steps)
+        overrides["scheduler"] = _ReferenceStartDDIM.from_config(model.scheduler.config)
 
     # 2. Run the family's pipeline on the same parts, padded to the size multiple.
     padded = pad_to_multiple(images.detach().float(), model.size_multiple).to(model.device)
-    overrides = {}
-    if reference_conventions:
-        if model.prediction_type == "flow":
-            raise ValueError(
-                "reference_conventions reproduce the reference's DDIM schedule; they do not apply "
-                f"to the flow-matching model '{model.name}' ({model.family})"
-            )
-        overrides["scheduler"] = _ReferenceStartDDIM.from_config(model.scheduler.config)
     inputs = {
         "prompt": [prompt] * len(images),
         "image": padded,
-        "strength": pipeline_strength,
+        "strength": pipeline_strength(model, steps, num_inference_steps),
         "num_inference_steps": num_inference_steps,
         "generator": generator,
         "output_type": "pt",
@@ -190,7 +207,8 @@ def one_step_reconstruction(
         prompt: text condition (use the protection prompt).
         strength: in (0, 1]; the timestep is ``model.one_step_timestep(strength)``.
         generator: draws the posterior sample, then the noise; same seed → same output.
-        reference_conventions: take the reference's timestep int(s·T) instead (at most T − 1).
+        reference_conventions: take the reference's timestep int(s·T) instead (at most T − 1);
+            DDPM families only.
 
     Returns:
         (B, 3, H, W) in [0, 1], on the device and in the dtype of ``images``.
@@ -199,6 +217,7 @@ def one_step_reconstruction(
     check_images(images)
     timestep = model.one_step_timestep(strength)
     if reference_conventions:
+        check_reference_conventions(model)
         timestep = min(int(strength * model.num_train_timesteps), model.num_train_timesteps - 1)
     padded = pad_to_multiple(images.detach().float(), model.size_multiple)
     shape = model.latent_shape(padded)

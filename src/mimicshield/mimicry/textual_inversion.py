@@ -6,10 +6,17 @@ descriptor ("painting"); it is trained with the usual denoising loss on prompts 
 "a painting in the style of v*" while every network stays frozen, so the gradient reaches only
 that one vector (through the UNet's cross-attention and the text encoder).
 
-The shared tokenizer and text encoder are never modified: ``installed_token`` hands out an
-extended *copy* of the tokenizer and swaps the text encoder's input-embedding module for one that
-adds the new row, only inside a ``with`` block; afterwards the original module is back in place,
-so vocabulary, weights, flags and modes are exactly what they were.
+Families: where diffusers supports textual inversion (``load_textual_inversion``). SD 1.x/2.x has
+one CLIP and the token one vector; SDXL reads the prompt with two CLIPs, so the token gets one
+vector in each (768 and 1280 wide in the released model), trained jointly through the family's
+own prompt encoding (both encoders' states and the pooled vector, as the pipelines compute them).
+SD3 and FLUX have no textual inversion in diffusers (their T5 reads the prompt too): learning a
+style there is LoRA's job, and ``learn_token`` says so.
+
+The shared tokenizers and text encoders are never modified: ``installed_token`` hands out
+extended *copies* of the tokenizers and swaps each text encoder's input-embedding module for one
+that adds the new row, only inside a ``with`` block; afterwards the original modules are back in
+place, so vocabulary, weights, flags and modes are exactly what they were.
 
 Settings: ``TextualInversionConfig()`` is quick (500 steps of one image: seconds on the tiny test
 model, what ``mimicshield evaluate`` runs); ``TEXTUAL_INVERSION_PRESETS["gpu"]`` is diffusers'
@@ -22,7 +29,7 @@ import contextlib
 import copy
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,7 +40,7 @@ from torch import nn
 from ..models import LatentDiffusion, PromptEmbeddings
 from ..objectives import StepNoise, denoising_loss
 from ..tensors import check_images, check_positive, pad_to_multiple, randint
-from ._common import text_to_image
+from ._common import model_with, text_to_image
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -42,6 +49,15 @@ logger = logging.getLogger(__name__)
 
 #: Called after each training step with (step, steps, loss).
 TrainingCallback = Callable[[int, int, float], None]
+
+#: The families with textual inversion in diffusers → their (tokenizer, text encoder) part
+#: pairs, each of which gets the token (SDXL: in both, as its ``load_textual_inversion`` is used).
+TOKEN_ENCODERS = {
+    "sd": (("tokenizer", "text_encoder"),),
+    "sdxl": (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")),
+}
+#: The keys of a saved SDXL token: the layout of SDXL embedding files (CLIP-L's, CLIP-G's).
+SDXL_FILE_KEYS = ("clip_l", "clip_g")
 
 #: Prompts for learning a style (a selection of the original method's style templates).
 STYLE_TEMPLATES = (
@@ -132,22 +148,30 @@ class LearnedToken:
 
     Attributes:
         placeholder: the token string to write in prompts.
-        embedding: (D,) float32 on the CPU, D the text encoder's hidden size.
+        embeddings: one (D,) float32 vector on the CPU per text encoder of the family
+            (``TOKEN_ENCODERS``), D that encoder's hidden size.
         losses: the denoising loss of each training step (for diagnostics and plots).
         config: how it was learned (None for a token made by hand).
     """
 
     placeholder: str
-    embedding: torch.Tensor
+    embeddings: tuple[torch.Tensor, ...]
     losses: tuple[float, ...] = ()
     config: TextualInversionConfig | None = None
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write ``{placeholder: embedding}`` as a safetensors file at ``path``.
+        """Write the token as a safetensors file at ``path``, as diffusers reads it.
 
-        diffusers' ``load_textual_inversion`` reads the file.
+        One vector (SD 1.x/2.x): ``{placeholder: (D,)}``, which ``load_textual_inversion(path)``
+        reads. Two (SDXL): ``{"clip_l": (1, D₁), "clip_g": (1, D₂)}``, the layout of SDXL
+        embedding files; load each half with ``load_textual_inversion(tensors[key],
+        token=placeholder, text_encoder=…, tokenizer=…)`` for the first and the second encoder.
         """
-        save_file({self.placeholder: self.embedding.contiguous()}, str(path))
+        if len(self.embeddings) == 1:
+            tensors = {self.placeholder: self.embeddings[0]}
+        else:
+            tensors = {key: e[None] for key, e in zip(SDXL_FILE_KEYS, self.embeddings, strict=True)}
+        save_file({key: tensor.contiguous() for key, tensor in tensors.items()}, str(path))
 
 
 class _EmbeddingWithNewToken(nn.Module):
@@ -175,78 +199,119 @@ class InstalledToken:
     """What ``installed_token`` hands out.
 
     Attributes:
-        tokenizer: a copy of the model's tokenizer that knows the placeholder.
-        vector: the placeholder's embedding (D,), float32, a trainable parameter.
+        tokenizers: tokenizer part name → a copy of that tokenizer that knows the placeholder.
+        vectors: the placeholder's embedding in each text encoder, (D,) float32, trainable.
     """
 
-    tokenizer: PreTrainedTokenizerBase
-    vector: nn.Parameter
+    tokenizers: dict[str, PreTrainedTokenizerBase]
+    vectors: tuple[nn.Parameter, ...]
 
     def embed(self, model: LatentDiffusion, prompts: list[str]) -> PromptEmbeddings:
-        """Prompts → text-encoder hidden states (B, L, D), differentiable in ``vector``."""
-        tokens = self.tokenizer(
-            prompts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
+        """Prompts → the denoiser's text condition, differentiable in ``vectors``.
+
+        Encoded afresh (never from the model's cache), the family's own way.
+        """
+        embeddings = model_with(model, **self.tokenizers).encode_prompts(prompts)
+        return embeddings.to(model.device, model.dtype)
+
+
+def token_encoders(model: LatentDiffusion) -> tuple[tuple[str, str], ...]:
+    """The (tokenizer, text encoder) part names that get the token (``TOKEN_ENCODERS``).
+
+    Raises:
+        ValueError: the family has no textual inversion (SD3, FLUX); the message suggests LoRA.
+    """
+    if model.family not in TOKEN_ENCODERS:
+        raise ValueError(
+            f"textual inversion is not available for '{model.name}' ({model.family}): diffusers "
+            f"supports it for SD 1.x/2.x and SDXL only; use LoRA (train_lora, 'mimicshield mimic "
+            f"lora', the 'lora' scenario) to learn a style with a {model.family} model"
         )
-        states = model.text_encoder(tokens.input_ids.to(model.device))[0]
-        return PromptEmbeddings(states.to(model.dtype))
+    return TOKEN_ENCODERS[model.family]
 
 
 @contextlib.contextmanager
 def installed_token(
-    model: LatentDiffusion, placeholder: str, embedding: torch.Tensor
+    model: LatentDiffusion, placeholder: str, embeddings: Sequence[torch.Tensor]
 ) -> Iterator[InstalledToken]:
-    """Make ``placeholder`` a word of ``model`` inside the block, ``embedding`` (D,) its row.
+    """Make ``placeholder`` a word of ``model`` inside the block, with one row per text encoder.
 
-    Inside, prompts must go through the yielded tokenizer (``model.tokenizer`` and ``model.embed``
-    do not know the word). On exit, however the block ends, the text encoder gets its original
-    input-embedding module back; the shared tokenizer is never touched.
+    Inside, prompts must go through the yielded tokenizers (``InstalledToken.embed``, or the
+    pipelines given them; ``model.embed`` does not know the word). On exit, however the block
+    ends, each text encoder gets its original input-embedding module back; the shared tokenizers
+    are never touched.
+
+    Args:
+        model: an SD 1.x/2.x or SDXL model.
+        placeholder: the new word.
+        embeddings: its vector (D,) in each text encoder of ``token_encoders(model)``, in order.
 
     Raises:
-        ValueError: the placeholder is already a word of the tokenizer, or does not tokenize to
-            exactly one token, or ``embedding`` has the wrong size.
+        ValueError: the family has no textual inversion, the placeholder is already a word of a
+            tokenizer or does not tokenize to exactly one token, or the embeddings do not match
+            the encoders in number or size.
     """
-    text_encoder = model.text_encoder
-    table = text_encoder.get_input_embeddings()
-    if tuple(embedding.shape) != (table.embedding_dim,):
+    pairs = token_encoders(model)
+    if len(embeddings) != len(pairs):
         raise ValueError(
-            f"embedding must have shape ({table.embedding_dim},) to match the text encoder, "
-            f"got {tuple(embedding.shape)}"
+            f"{model.family} needs {len(pairs)} embeddings (one per text encoder), "
+            f"got {len(embeddings)}"
         )
-    if placeholder in model.tokenizer.get_vocab():
-        raise ValueError(f"placeholder {placeholder!r} is already in the vocabulary; pick another")
-    tokenizer = copy.deepcopy(model.tokenizer)
-    tokenizer.add_tokens([placeholder])
-    token_ids = tokenizer(placeholder, add_special_tokens=False).input_ids
-    if len(token_ids) != 1:
-        raise ValueError(f"placeholder {placeholder!r} did not become one token: {token_ids}")
+    tokenizers, swaps = {}, []
+    for (tokenizer_name, encoder_name), embedding in zip(pairs, embeddings, strict=True):
+        tokenizer, text_encoder = getattr(model, tokenizer_name), getattr(model, encoder_name)
+        table = text_encoder.get_input_embeddings()
+        if tuple(embedding.shape) != (table.embedding_dim,):
+            raise ValueError(
+                f"embedding must have shape ({table.embedding_dim},) to match {encoder_name}, "
+                f"got {tuple(embedding.shape)}"
+            )
+        if placeholder in tokenizer.get_vocab():
+            raise ValueError(
+                f"placeholder {placeholder!r} is already in the vocabulary of {tokenizer_name}; "
+                "pick another"
+            )
+        extended_tokenizer = copy.deepcopy(tokenizer)
+        extended_tokenizer.add_tokens([placeholder])
+        token_ids = extended_tokenizer(placeholder, add_special_tokens=False).input_ids
+        if len(token_ids) != 1:
+            raise ValueError(f"placeholder {placeholder!r} did not become one token: {token_ids}")
+        tokenizers[tokenizer_name] = extended_tokenizer
+        swaps.append((text_encoder, table, _EmbeddingWithNewToken(table, token_ids[0], embedding)))
 
-    extended = _EmbeddingWithNewToken(table, token_ids[0], embedding)
-    text_encoder.set_input_embeddings(extended)
+    for text_encoder, _, extended in swaps:
+        text_encoder.set_input_embeddings(extended)
     try:
-        yield InstalledToken(tokenizer=tokenizer, vector=extended.vector)
+        vectors = tuple(extended.vector for _, _, extended in swaps)
+        yield InstalledToken(tokenizers=tokenizers, vectors=vectors)
     finally:
-        text_encoder.set_input_embeddings(table)
+        for text_encoder, table, _ in swaps:
+            text_encoder.set_input_embeddings(table)
 
 
-def initializer_embedding(model: LatentDiffusion, initializer: str) -> torch.Tensor:
-    """The starting vector (D,) float32: the initializer word's row, or its tokens' mean.
+def initializer_embeddings(model: LatentDiffusion, initializer: str) -> tuple[torch.Tensor, ...]:
+    """The starting vectors, (D,) float32 per text encoder: the initializer word's row in each.
 
     The original method requires a one-token initializer; tokenizers that split the word (e.g.
-    test models' character-level ones) get the mean, which is the nearest one-vector summary.
+    test models' character-level ones) get the mean of its tokens' rows, which is the nearest
+    one-vector summary.
+
+    Raises:
+        ValueError: the family has no textual inversion, or the word has no tokens.
     """
-    token_ids = model.tokenizer(initializer, add_special_tokens=False).input_ids
-    if not token_ids:
-        raise ValueError(f"initializer {initializer!r} has no tokens")
-    if len(token_ids) > 1:
-        logger.info(
-            "initializer %r is %d tokens; starting from their mean", initializer, len(token_ids)
-        )
-    table = model.text_encoder.get_input_embeddings().weight
-    return table[torch.tensor(token_ids, device=table.device)].detach().float().mean(0)
+    vectors = []
+    for tokenizer_name, encoder_name in token_encoders(model):
+        token_ids = getattr(model, tokenizer_name)(initializer, add_special_tokens=False).input_ids
+        if not token_ids:
+            raise ValueError(f"initializer {initializer!r} has no tokens")
+        if len(token_ids) > 1:
+            logger.info(
+                "initializer %r is %d tokens; starting from their mean", initializer, len(token_ids)
+            )
+        table = getattr(model, encoder_name).get_input_embeddings().weight
+        rows = table[torch.tensor(token_ids, device=table.device)]
+        vectors.append(rows.detach().float().mean(0))
+    return tuple(vectors)
 
 
 def learn_token(
@@ -261,10 +326,11 @@ def learn_token(
 
     Each step draws ``batch_size`` images and one template each, a timestep t ~ U{0..T−1}, noise
     and a posterior sample of each latent, and takes an AdamW step on the denoising loss (against
-    the model's own target, ε or v) with respect to the new vector only.
+    the model's own target, ε or v) with respect to the new vectors only (one per text encoder).
 
     Args:
-        model: the loaded model; frozen throughout, its state restored afterwards.
+        model: the loaded model, SD 1.x/2.x or SDXL; frozen throughout, its state restored
+            afterwards.
         images: (N, 3, H, W) float in [0, 1], N >= 1, one size (edge-padded to the VAE's multiple).
         config: placeholder, initializer, steps, learning rate, batch size, templates
             (``TextualInversionConfig()`` when None).
@@ -272,19 +338,24 @@ def learn_token(
         callback: called after each step with (step, steps, loss).
 
     Returns:
-        The placeholder, its learned (D,) embedding, the loss of each step and ``config``.
+        The placeholder, its learned (D,) embedding per text encoder, the loss of each step and
+        ``config``.
+
+    Raises:
+        ValueError: the family has no textual inversion (SD3, FLUX: use LoRA), or a bad input.
     """
     # 1. Check the inputs; the images are fixed, so move them once.
     config = TextualInversionConfig() if config is None else config
+    token_encoders(model)
     check_images(images)
     padded = pad_to_multiple(images.detach().float(), model.size_multiple).to(model.device)
     losses: list[float] = []
 
     with model.frozen():
-        # 2. Install the placeholder with its initial vector; only that vector is optimised.
-        initial = initializer_embedding(model, config.initializer)
+        # 2. Install the placeholder with its initial vectors; only they are optimised.
+        initial = initializer_embeddings(model, config.initializer)
         with installed_token(model, config.placeholder, initial) as token:
-            optimizer = torch.optim.AdamW([token.vector], lr=config.learning_rate)
+            optimizer = torch.optim.AdamW(token.vectors, lr=config.learning_rate)
             for step in range(1, config.steps + 1):
                 # 3. A minibatch, its prompts and this step's randomness.
                 size = (config.batch_size,)
@@ -294,7 +365,7 @@ def learn_token(
                 prompts = [config.templates[i].format(config.placeholder) for i in templates]
                 noise = StepNoise.draw(model, batch, generator)
 
-                # 4. Denoising loss through the frozen networks, one AdamW step on the vector.
+                # 4. Denoising loss through the frozen networks, one AdamW step on the vectors.
                 with torch.no_grad():
                     latents = model.encode(batch, noise.posterior_noise)
                 loss = denoising_loss(model, latents, token.embed(model, prompts), noise)
@@ -304,7 +375,7 @@ def learn_token(
                 losses.append(loss.item())
                 if callback is not None:
                     callback(step, config.steps, losses[-1])
-            learned = token.vector.detach().cpu().clone()
+            learned = tuple(vector.detach().cpu().clone() for vector in token.vectors)
 
     return LearnedToken(config.placeholder, learned, tuple(losses), config)
 
@@ -323,8 +394,9 @@ def generate(
 ) -> torch.Tensor:
     """Generate ``num_images`` images from ``prompt`` with the learned token in place of "{}".
 
-    Text-to-image DDIM with classifier-free guidance (the empty prompt as unconditional). The
-    pipeline needs sizes divisible by 8; other sizes are generated rounded up and cropped.
+    The family's text-to-image pipeline (DDIM) with classifier-free guidance (the empty prompt as
+    unconditional), given the extended tokenizers. The pipelines need sizes divisible by 8; other
+    sizes are generated rounded up and cropped.
 
     Returns:
         (num_images, 3, height, width) float32 in [0, 1] on the model's device.
@@ -332,7 +404,7 @@ def generate(
     if "{}" not in prompt:
         raise ValueError(f"prompt must contain '{{}}' where the learned token goes, got {prompt!r}")
     # The token is installed only for the pipeline call, with a pipeline over the same parts.
-    with model.frozen(), installed_token(model, token.placeholder, token.embedding) as installed:
+    with model.frozen(), installed_token(model, token.placeholder, token.embeddings) as installed:
         return text_to_image(
             model,
             prompt.format(token.placeholder),
@@ -342,7 +414,7 @@ def generate(
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             generator=generator,
-            tokenizer=installed.tokenizer,
+            **installed.tokenizers,
         )
 
 
@@ -361,7 +433,8 @@ def textual_inversion(
     """Learn a token from ``images`` and generate ``num_images`` with it, at the images' size.
 
     Args:
-        model: the loaded model; its tokenizer and text encoder are exactly as before afterwards.
+        model: the loaded model, SD 1.x/2.x or SDXL; its tokenizers and text encoders are
+            exactly as before afterwards.
         images: (N, 3, H, W) float in [0, 1]. Not modified.
         config: how the token is learned (``TextualInversionConfig()`` when None).
         prompt: generation prompt with "{}" for the token.
