@@ -124,8 +124,8 @@ def build_family_model():
 
 
 @pytest.fixture(scope="module")
-def family_models(build_family_model):
-    """family_models(name) → ``build_family_model(name)`` of this test module's own, built once."""
+def module_family_model(build_family_model):
+    """module_family_model(name) → ``build_family_model(name)``, built once per test module."""
     built: dict[str, LatentDiffusion] = {}
 
     def get(name: str) -> LatentDiffusion:

@@ -99,7 +99,7 @@ def _held_out_loss(model, images, embeddings=None, seed=123, draws=8):
 
 
 @pytest.fixture(scope="module")
-def trained_lora(family_models):
+def trained_lora(module_family_model):
     """trained_lora(name) → (model, state before, base loss, weights), trained once per family.
 
     The model is put in a mixed state first (denoiser in training mode, one weight trainable),
@@ -110,7 +110,7 @@ def trained_lora(family_models):
 
     def run(name):
         if name not in runs:
-            model = family_models(name)
+            model = module_family_model(name)
             model.denoiser.train().requires_grad_(False)
             next(model.denoiser.parameters()).requires_grad_(True)
             base = _used(model, images)
@@ -167,17 +167,17 @@ def test_saved_lora_loads_through_the_family_pipeline_and_gives_the_same_images(
     assert not torch.equal(base, ours)
 
 
-def test_lora_weights_of_another_family_are_refused(trained_lora, family_models):
+def test_lora_weights_of_another_family_are_refused(trained_lora, module_family_model):
     _, _, _, _, weights = trained_lora("tiny-sd3")
     with pytest.raises(ValueError, match="trained on a sd3 model; 'tiny-flux' is flux"):
-        sample_lora(family_models("tiny-flux"), weights, **SAMPLING)
+        sample_lora(module_family_model("tiny-flux"), weights, **SAMPLING)
 
 
 @pytest.mark.parametrize("name", ["tiny-sdxl", "tiny-sd3", "tiny-flux"])
 def test_dreambooth_tunes_a_copy_of_the_denoiser_and_never_touches_the_model(
-    family_models, name, images, seeded
+    module_family_model, name, images, seeded
 ):
-    model = family_models(name)
+    model = module_family_model(name)
     base_loss = _used(model, images)
     before = _snapshot(model)
     tuned = train_dreambooth(model, images, DREAMBOOTH, generator=seeded(0))
@@ -210,9 +210,9 @@ def _token_loss(model, images, vectors):
 
 
 def test_sdxl_token_gets_a_vector_per_encoder_lowers_the_loss_and_the_model_is_restored(
-    family_models, images, seeded
+    module_family_model, images, seeded
 ):
-    model = family_models("tiny-sdxl")
+    model = module_family_model("tiny-sdxl")
     model.text_encoder_2.train().requires_grad_(False)  # a mixed state, restored exactly
     model.text_encoder.get_input_embeddings().requires_grad_(True)
     _used(model, images)
@@ -229,8 +229,8 @@ def test_sdxl_token_gets_a_vector_per_encoder_lowers_the_loss_and_the_model_is_r
     _assert_bit_exact(model, before)
 
 
-def test_sdxl_learn_token_same_seed_same_token(family_models, images, seeded):
-    model = family_models("tiny-sdxl")
+def test_sdxl_learn_token_same_seed_same_token(module_family_model, images, seeded):
+    model = module_family_model("tiny-sdxl")
     config = dataclasses.replace(TOKEN, steps=2)
     first, again, other = (
         learn_token(model, images, config, generator=seeded(seed)) for seed in (0, 0, 1)
@@ -240,9 +240,9 @@ def test_sdxl_learn_token_same_seed_same_token(family_models, images, seeded):
 
 
 def test_saved_sdxl_token_loads_into_both_encoders_and_gives_the_same_images(
-    family_models, build_family_model, images, seeded, tmp_path
+    module_family_model, build_family_model, images, seeded, tmp_path
 ):
-    model = family_models("tiny-sdxl")
+    model = module_family_model("tiny-sdxl")
     token = learn_token(model, images, dataclasses.replace(TOKEN, steps=2), generator=seeded(0))
     ours = generate(model, token, **SAMPLING, guidance_scale=2.0, generator=seeded(5))
     token.save(tmp_path / "token.safetensors")
@@ -267,9 +267,9 @@ def test_saved_sdxl_token_loads_into_both_encoders_and_gives_the_same_images(
 
 @pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux"])
 def test_textual_inversion_is_refused_for_flow_families_with_a_pointer_to_lora(
-    family_models, name, images
+    module_family_model, name, images
 ):
-    model = family_models(name)
+    model = module_family_model(name)
     message = f"not available for '{name}' \\({model.family}\\).*use LoRA"
     with pytest.raises(ValueError, match=message):
         learn_token(model, images, dataclasses.replace(TOKEN, steps=1))

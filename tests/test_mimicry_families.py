@@ -40,8 +40,8 @@ def _weights(model):
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_sdedit_shape_range_seed_and_nothing_changed(family_models, name, odd_images, seeded):
-    model = family_models(name)
+def test_sdedit_shape_range_seed_and_nothing_changed(module_family_model, name, odd_images, seeded):
+    model = module_family_model(name)
     original, weights = odd_images.clone(), _weights(model)
     run = {"prompt": "a photo", "strength": 0.5, "num_inference_steps": 4}
     first = sdedit(model, odd_images, **run, generator=seeded(0))
@@ -58,10 +58,10 @@ def test_sdedit_shape_range_seed_and_nothing_changed(family_models, name, odd_im
     ("strength", "steps", "expected"), [(0.3, 10, 3), (1.0, 4, 4), (0.57, 100, 57)]
 )
 def test_flow_sdedit_runs_the_floor_of_strength_times_steps(
-    family_models, name, images, strength, steps, expected
+    module_family_model, name, images, strength, steps, expected
 ):
     """The flow pipelines round s·N up on their own; SDEdit runs ⌊s·N⌋ on every family."""
-    model = family_models(name)
+    model = module_family_model(name)
     calls = []
     handle = model.denoiser.register_forward_hook(lambda *args: calls.append(1))
     try:
@@ -72,8 +72,10 @@ def test_flow_sdedit_runs_the_floor_of_strength_times_steps(
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_one_step_reconstruction_shape_range_and_seed(family_models, name, odd_images, seeded):
-    model = family_models(name)
+def test_one_step_reconstruction_shape_range_and_seed(
+    module_family_model, name, odd_images, seeded
+):
+    model = module_family_model(name)
     run = {"prompt": "a photo", "strength": 0.3}
     first = one_step_reconstruction(model, odd_images, **run, generator=seeded(0))
     assert first.shape == odd_images.shape and 0 <= first.min() and first.max() <= 1
@@ -137,10 +139,10 @@ def _raw_velocity(model, noisy, sigma, embeddings):
 
 @pytest.mark.parametrize("name", FLOW_FAMILIES)
 def test_flow_one_step_reconstruction_is_z_t_minus_sigma_times_velocity(
-    family_models, name, images, seeded
+    module_family_model, name, images, seeded
 ):
     """x̂₀ = z_t − σ·v̂ with σ from the scheduler's own table and v̂ from the raw transformer."""
-    model = family_models(name)
+    model = module_family_model(name)
     result = one_step_reconstruction(
         model, images, prompt="a photo", strength=0.3, generator=seeded(3)
     )
@@ -159,8 +161,8 @@ def test_flow_one_step_reconstruction_is_z_t_minus_sigma_times_velocity(
 
 
 @pytest.mark.parametrize("name", FLOW_FAMILIES)
-def test_reference_conventions_are_refused_for_flow_families(family_models, name, images):
-    model = family_models(name)
+def test_reference_conventions_are_refused_for_flow_families(module_family_model, name, images):
+    model = module_family_model(name)
     for mimic in (sdedit, one_step_reconstruction):
         with pytest.raises(ValueError, match=f"flow-matching model '{name}' \\({model.family}\\)"):
             mimic(model, images, prompt="a photo", strength=0.3, reference_conventions=True)
@@ -171,9 +173,9 @@ def test_reference_conventions_are_refused_for_flow_families(family_models, name
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_inpaint_keeps_the_pixels_outside_the_mask_and_is_seeded(
-    family_models, name, odd_images, seeded
+    module_family_model, name, odd_images, seeded
 ):
-    model = family_models(name)
+    model = module_family_model(name)
     mask = center_mask(*odd_images.shape[-2:])
     run = {"prompt": "a photo", "num_inference_steps": 2, "guidance_scale": 2.0}
     first = inpaint(model, odd_images, mask, **run, generator=seeded(0))
@@ -245,10 +247,10 @@ def test_evaluate_refuses_textual_inversion_on_a_flow_victim_before_any_work(
 
 @pytest.mark.parametrize("name", FLOW_FAMILIES)
 def test_diffusion_purification_of_a_flow_model_is_euler_from_sigma_t_to_zero(
-    family_models, name, images, seeded
+    module_family_model, name, images, seeded
 ):
     """Euler steps z ← z + (σ' − σ)·v̂ from σ_t to 0, σ from the scheduler's table, stride 20."""
-    model = family_models(name)
+    model = module_family_model(name)
     purified = diffusion_purify(
         images, model, strength=0.05, num_inference_steps=50, generator=seeded(2)
     )

@@ -5,46 +5,11 @@ Also the family's denoiser by name, and views of a model with some parts swapped
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from diffusers import DiffusionPipeline
 
-from ..models import FAMILIES, LatentDiffusion
+from ..models import LatentDiffusion
 from ..tensors import check_guidance, check_positive
-
-#: The names a denoiser has among a family's parts (its pipelines' component names).
-DENOISER_PARTS = ("unet", "transformer")
-
-
-def family_class(family: str) -> type[LatentDiffusion]:
-    """The model class of a family's short name ("sd", "sdxl", "sd3", "flux")."""
-    classes = {cls.family: cls for cls in FAMILIES}
-    if family not in classes:
-        raise ValueError(f"unknown model family {family!r}; known: {', '.join(classes)}")
-    return classes[family]
-
-
-def denoiser_part(family: type[LatentDiffusion] | LatentDiffusion) -> str:
-    """The part name of a family's denoiser: "unet" (SD, SDXL) or "transformer" (SD3, FLUX).
-
-    The name its pipelines take it by, and that diffusers' LoRA files prefix its weights with.
-    """
-    return next(name for name in DENOISER_PARTS if name in family.part_names)
-
-
-def model_with(model: LatentDiffusion, **parts: object) -> LatentDiffusion:
-    """A model sharing every part of ``model`` but ``parts``, with caches of its own.
-
-    Nothing is copied; the caches (prompt embeddings, grey latents) start empty, so that what
-    the view computes with its own parts never reaches ``model``'s.
-    """
-    caches = {
-        field.name: field.default_factory()
-        for field in dataclasses.fields(model)
-        if field.name.endswith("_cache") and field.default_factory is not dataclasses.MISSING
-    }
-    return dataclasses.replace(model, **parts, **caches)
 
 
 def build_pipeline(task: str, model: LatentDiffusion, **overrides: object) -> DiffusionPipeline:

@@ -28,7 +28,7 @@ import torch
 
 from ..models import LatentDiffusion
 from ..tensors import check_guidance, check_images, check_positive
-from ._common import denoiser_part, model_with, text_to_image
+from ._common import text_to_image
 from ._finetune import TrainingCallback, TrainingSet, check_training, fine_tune
 from .lora import INSTANCE_PROMPT
 
@@ -185,10 +185,10 @@ def train_dreambooth(
         prior = TrainingSet.of(model, generated, config.class_prompt)
 
     # 2. A private copy of the denoiser, trainable; a view of the model that runs it.
-    part = denoiser_part(model)
+    part = model.denoiser_name
     with model.frozen():
         denoiser = copy.deepcopy(model.denoiser).requires_grad_(True)
-        tuned = model_with(model, **{part: denoiser})
+        tuned = model.with_parts(**{part: denoiser})
         instances = TrainingSet.of(model, images, config.instance_prompt)
 
         # 3. The loop of diffusers' example, every weight of the denoiser trained.

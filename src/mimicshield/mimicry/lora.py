@@ -30,8 +30,9 @@ from diffusers.utils import convert_state_dict_to_diffusers, convert_unet_state_
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
 
 from ..models import LatentDiffusion
+from ..models.loading import family_class
 from ..tensors import check_images, check_positive, randint
-from ._common import denoiser_part, family_class, text_to_image
+from ._common import text_to_image
 from ._finetune import TrainingCallback, TrainingSet, check_training, fine_tune
 
 #: A UNet's attention projections (self- and cross-attention), what the SD and SDXL examples adapt.
@@ -163,7 +164,7 @@ class LoRAWeights:
             The path of the written file.
         """
         family = family_class(self.family)
-        part = denoiser_part(family)
+        part = family.denoiser_name
         layers = self.state_dict
         if part == "unet":
             layers = convert_state_dict_to_diffusers(layers)
@@ -205,7 +206,7 @@ def installed_lora(
     Raises:
         ValueError: the denoiser already has adapters, or ``state_dict`` does not fit it.
     """
-    denoiser, part = model.denoiser, denoiser_part(model)
+    denoiser, part = model.denoiser, model.denoiser_name
     if getattr(denoiser, "peft_config", None):
         raise ValueError(
             f"the model's {part} already has adapters ({', '.join(denoiser.peft_config)}); "

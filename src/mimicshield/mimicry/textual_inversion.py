@@ -40,7 +40,7 @@ from torch import nn
 from ..models import LatentDiffusion, PromptEmbeddings
 from ..objectives import StepNoise, denoising_loss
 from ..tensors import check_images, check_positive, pad_to_multiple, randint
-from ._common import model_with, text_to_image
+from ._common import text_to_image
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -211,7 +211,7 @@ class InstalledToken:
 
         Encoded afresh (never from the model's cache), the family's own way.
         """
-        embeddings = model_with(model, **self.tokenizers).encode_prompts(prompts)
+        embeddings = model.with_parts(**self.tokenizers).encode_prompts(prompts)
         return embeddings.to(model.device, model.dtype)
 
 

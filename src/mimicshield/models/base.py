@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import ClassVar
 
 import torch
@@ -122,6 +122,8 @@ class LatentDiffusion:
     network_names: ClassVar[tuple[str, ...]]
     #: The pipeline classes (``model_index.json`` ``_class_name``) that hold this family.
     pipeline_names: ClassVar[tuple[str, ...]]
+    #: The denoiser's part name: "unet" or "transformer" (what pipelines and LoRA files call it).
+    denoiser_name: ClassVar[str]
     vae: AutoencoderKL
     name: str = field(default="unnamed", kw_only=True)
     random_weights: bool = field(default=False, kw_only=True)
@@ -223,7 +225,20 @@ class LatentDiffusion:
     @property
     def denoiser(self) -> torch.nn.Module:
         """The network that predicts noise, v or velocity (a UNet or a transformer)."""
-        raise NotImplementedError
+        return getattr(self, self.denoiser_name)
+
+    def with_parts(self, **parts: object) -> LatentDiffusion:
+        """A model sharing every part of this one but ``parts``, with caches of its own.
+
+        Nothing is copied; the caches (prompt embeddings, grey latents) start empty, so that what
+        the new model computes with its own parts never reaches this one's.
+        """
+        caches = {
+            item.name: item.default_factory()
+            for item in fields(self)
+            if item.name.endswith("_cache") and item.default_factory is not MISSING
+        }
+        return replace(self, **parts, **caches)
 
     @property
     def device(self) -> torch.device:

@@ -49,10 +49,8 @@ class FlowMatching(LatentDiffusion):
     ``predict``.
     """
 
-    @property
-    def denoiser(self) -> torch.nn.Module:
-        """The transformer (MMDiT for SD3, FLUX's double/single-stream transformer)."""
-        return self.transformer
+    #: MMDiT for SD3, FLUX's double/single-stream transformer.
+    denoiser_name = "transformer"
 
     @property
     def prediction_type(self) -> str:

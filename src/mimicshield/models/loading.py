@@ -121,6 +121,14 @@ def random_model(architecture: str, *, seed: int = 0) -> LatentDiffusion:
     return family.from_config(config, name=architecture, seed=seed)
 
 
+def family_class(family: str) -> type[LatentDiffusion]:
+    """The model class of a family's short name ("sd", "sdxl", "sd3", "flux")."""
+    classes = {cls.family: cls for cls in FAMILIES}
+    if family not in classes:
+        raise ValueError(f"unknown model family {family!r}; known: {', '.join(classes)}")
+    return classes[family]
+
+
 def family_of_index(index: dict, source: str) -> type[LatentDiffusion]:
     """The family whose pipelines include ``index["_class_name"]`` (a model_index.json)."""
     pipeline = index.get("_class_name")

@@ -34,6 +34,7 @@ class StableDiffusion(LatentDiffusion):
     family = "sd"
     part_names = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
     network_names = ("vae", "unet", "text_encoder")
+    denoiser_name = "unet"
     pipeline_names = (
         "StableDiffusionPipeline",
         "StableDiffusionImg2ImgPipeline",
@@ -52,11 +53,6 @@ class StableDiffusion(LatentDiffusion):
         # protector's config digest recorded.
         if type(self.scheduler) is not DDPMScheduler:
             self.scheduler = DDPMScheduler.from_config(self.scheduler.config)
-
-    @property
-    def denoiser(self) -> UNet2DConditionModel:
-        """The UNet."""
-        return self.unet
 
     @property
     def is_inpainting(self) -> bool:
