@@ -18,6 +18,8 @@ the same whatever the rule.
 Stage ``table`` prints the table, writes the plot and the Markdown for bench/README.md.
 
     python bench/frontier.py --stage strength       # ≈ 45 min on one loaded core; resumable
+    python bench/frontier.py --stage strength --model mini-flow \
+        --output bench/results/frontier-mini-flow.json --candidates reference,sds-5-momentum,pca-1
     python bench/frontier.py --stage timing         # ≈ 10 min; on an idle machine
     python bench/frontier.py --stage table
 
@@ -303,9 +305,14 @@ CANDIDATES = [
 # ---------------------------------------------------------------------------------- stages
 
 
-def run_strength(document: dict, candidates: list, output: Path, redo: bool) -> None:
+def run_strength(
+    document: dict, candidates: list, output: Path, redo: bool, model: str = "mini"
+) -> None:
     """Protect and measure every candidate not yet in ``document`` (saved after each)."""
-    probe = SDEditProbe.load("mini", eps_255=EPS_255)
+    known_model = document.setdefault("model", model)
+    if known_model != model:
+        raise SystemExit(f"{output} holds strengths on '{known_model}', not '{model}'")
+    probe = SDEditProbe.load(model, eps_255=EPS_255)
     control = document.setdefault("control", {})
     if len(control.get("distances", [])) != SEEDS:
         control["distances"] = [probe.distances(probe.control(seed)) for seed in range(SEEDS)]
@@ -553,6 +560,12 @@ def main() -> None:
         "--rounds", type=int, default=5, help="interleaved timing rounds (one step per kind each)"
     )
     parser.add_argument("--redo", action="store_true", help="recompute chosen candidates")
+    parser.add_argument(
+        "--model",
+        default="mini",
+        help="the trained miniature the strength stage runs on: mini or mini-flow (then give its "
+        "own --output, e.g. bench/results/frontier-mini-flow.json)",
+    )
     args = parser.parse_args()
 
     names = None if args.candidates is None else args.candidates.split(",")
@@ -567,7 +580,7 @@ def main() -> None:
 
     if args.stage == "strength":
         torch.set_num_threads(1)
-        run_strength(document, chosen, args.output, args.redo)
+        run_strength(document, chosen, args.output, args.redo, args.model)
     elif args.stage == "timing":
         run_timing(document, chosen, args.output, args.rounds)
     else:
