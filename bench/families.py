@@ -31,7 +31,7 @@ its peak memory (CUDA: max_memory_allocated; CPU: the process's VmHWM, reset bef
 ``encoder`` (fwd+bwd), ``denoiser`` (fwd without grad), ``sds`` and ``advdm`` (whole steps). On
 the CPU, a family whose weights would take more than half the available RAM is skipped.
 
-    python bench/families.py                                     # counts only; seconds
+    python bench/families.py                                     # counts only, ≈ 1 min
     OMP_NUM_THREADS=1 python bench/families.py --time --device cpu --families sd15,sdxl,sd35-medium
     python bench/families.py --time --device cuda                # see bench/gpu_families.sh
 """
