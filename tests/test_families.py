@@ -301,3 +301,13 @@ def test_sdxl_gradients_match_the_raw_unet_with_size_conditioning(family_models,
         surrogate = ((output.detach() - step.noise) * latents).sum()
         (reference,) = torch.autograd.grad(loss + 0.5 * surrogate, x_ref)
     torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-6)
+
+
+def test_sd3_saved_without_t5_loads_back_without_it(tmp_path):
+    model = LatentDiffusion.random("tiny-sd3").with_parts(text_encoder_3=None, tokenizer_3=None)
+    model.save_pretrained(tmp_path)
+    loaded = LatentDiffusion.from_pretrained(tmp_path, device="cpu")
+    assert loaded.text_encoder_3 is None and loaded.tokenizer_3 is None
+    torch.testing.assert_close(
+        loaded.embed(["a photo"]).hidden_states, model.embed(["a photo"]).hidden_states
+    )

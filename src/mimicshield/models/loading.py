@@ -155,10 +155,18 @@ def _load_folder(source: str, *, dtype: torch.dtype) -> LatentDiffusion:
     # Without a reachable hub, read the cache only: the hub client would otherwise retry for
     # tens of seconds before failing with the same answer.
     local = Path(source).exists() or not hub_reachable()
-    family = family_of_index(_read_index(source, local_files_only=local), source)
+    index = _read_index(source, local_files_only=local)
+    family = family_of_index(index, source)
+    # Parts the folder leaves out (SD3 saved without its T5) must be named absent again, or the
+    # pipeline looks for them.
+    absent = {
+        part: None
+        for part in family.part_names
+        if part not in index or index[part] in (None, [None, None])
+    }
     try:
         pipeline = family.pipeline_classes()["text2img"].from_pretrained(
-            source, dtype=dtype, local_files_only=local, **family.load_arguments()
+            source, dtype=dtype, local_files_only=local, **family.load_arguments(), **absent
         )
     except (OSError, ValueError, TypeError) as error:
         logger.debug("loading %s failed", source, exc_info=error)
