@@ -71,7 +71,7 @@ EVAL_SIGMAS = tuple(round(0.05 + 0.1 * i, 2) for i in range(10))
 class Settings:
     """Training hyperparameters; the defaults are the shipped model's (see its model card)."""
 
-    steps: int = 1500
+    steps: int = 1200
     batch: int = 32  # latents per step
     lr: float = 5e-4  # peak, reached after ``warmup`` steps, then cosine to a tenth of it
     warmup: int = 100  # steps
@@ -80,7 +80,7 @@ class Settings:
     logit_mean: float = 0.0  # sigma = sigmoid(N(logit_mean, logit_std)), SD3's rf/lognorm(0, 1)
     logit_std: float = 1.0
     ema_decay: float = 0.999  # upper bound; after n steps the decay is (1 + n) / (10 + n)
-    eval_every: int = 250  # steps between held-out loss logs
+    eval_every: int = 300  # steps between held-out loss logs
     eval_sigmas: tuple[float, ...] = EVAL_SIGMAS  # the held-out loss is averaged over these
     save_every: int = 50  # steps between checkpoints
     seed: int = 0  # initial weights and every random draw of training
