@@ -137,13 +137,17 @@ def token_ids(tok, captions: list[str]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_latents(folders: paths.Folders = paths.DEFAULT) -> None:
-    """Store the posterior mean/std of every crop and its mirror image, and the scaling factor."""
+def encode_latents(folders: paths.Folders = paths.DEFAULT, vae_config: dict = vae.CONFIG) -> None:
+    """Store the posterior mean/std of every crop and its mirror image, and the normalisation.
+
+    ``scaling_factor`` is 1 / std of the training latents; ``shift_factor`` their mean, which
+    SD3-style models subtract first (SD 1.x does not). ``vae_config`` builds the VAE to load.
+    """
     if folders.latents.exists():
         log.info("latents present: %s", folders.latents)
         return
     crops = data.Crops(folders)
-    model = vae.load_trained(folders)
+    model = vae.load_trained(folders, vae_config)
     index = np.arange(len(crops.captions))
     means, stds = [], []
     for flip in (False, True):
@@ -156,14 +160,21 @@ def encode_latents(folders: paths.Folders = paths.DEFAULT) -> None:
         means.append(torch.cat(mean))
         stds.append(torch.cat(std))
         log.info("encoded %d crops (mirrored: %s)", len(index), flip)
-    mean, std = torch.stack(means, 1), torch.stack(stds, 1)  # (N, 2, 4, 16, 16)
+    mean, std = torch.stack(means, 1), torch.stack(stds, 1)  # (N, 2, C, 16, 16)
     train = torch.as_tensor(crops.train_index)
     # Variance of a posterior sample = variance of the means + mean posterior variance.
     variance = mean[train].var() + std[train].pow(2).mean()
     scaling_factor = float(1.0 / variance.sqrt())
-    log.info("latent std %.4f -> scaling_factor %.5f", variance.sqrt().item(), scaling_factor)
+    shift_factor = float(mean[train].mean())
+    log.info(
+        "latent mean %.4f std %.4f -> scaling_factor %.5f",
+        shift_factor,
+        variance.sqrt().item(),
+        scaling_factor,
+    )
     checkpoint.save(
-        folders.latents, dict(mean=mean, std=std, scaling_factor=scaling_factor, step=0)
+        folders.latents,
+        dict(mean=mean, std=std, scaling_factor=scaling_factor, shift_factor=shift_factor, step=0),
     )
 
 

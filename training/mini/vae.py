@@ -49,9 +49,9 @@ class Settings:
     seed: int = 0  # initial weights and every random draw of training
 
 
-def build() -> AutoencoderKL:
-    """A randomly initialised AutoencoderKL with the miniature's ``CONFIG``."""
-    return AutoencoderKL(**CONFIG)
+def build(config: dict = CONFIG) -> AutoencoderKL:
+    """A randomly initialised AutoencoderKL with ``config`` (by default the miniature's)."""
+    return AutoencoderKL(**config)
 
 
 def loss_terms(
@@ -88,12 +88,17 @@ def learning_rate(step: int, settings: Settings) -> float:
     return settings.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train(folders: paths.Folders = paths.DEFAULT, settings: Settings = Settings()) -> AutoencoderKL:
-    """Train (or resume) to ``settings.steps``; the state goes to ``folders.vae_run``/last.pt."""
+def train(
+    folders: paths.Folders = paths.DEFAULT, settings: Settings = Settings(), config: dict = CONFIG
+) -> AutoencoderKL:
+    """Train (or resume) to ``settings.steps``; the state goes to ``folders.vae_run``/last.pt.
+
+    ``config`` is the AutoencoderKL's (the flow-matching sibling trains one with 16 channels).
+    """
     torch.manual_seed(settings.seed)
     crops = data.Crops(folders)
     probe = np.concatenate(list(crops.test_by_group(96).values()))
-    vae = build()
+    vae = build(config)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.lr, weight_decay=0.0)
     parts = dict(model=vae, optimizer=optimizer)
     generator = torch.Generator().manual_seed(settings.seed)
@@ -141,8 +146,8 @@ def train(folders: paths.Folders = paths.DEFAULT, settings: Settings = Settings(
     return vae
 
 
-def load_trained(folders: paths.Folders = paths.DEFAULT) -> AutoencoderKL:
-    """The VAE from the last checkpoint, in eval mode."""
-    vae = build()
+def load_trained(folders: paths.Folders = paths.DEFAULT, config: dict = CONFIG) -> AutoencoderKL:
+    """The VAE (built from ``config``) from the last checkpoint, in eval mode."""
+    vae = build(config)
     vae.load_state_dict(checkpoint.load(folders.vae_run / "last.pt")["model"])
     return vae.eval()
