@@ -29,8 +29,9 @@ STRENGTH = 0.3
 #: How much further than the noise control each method must push the SDEdit output (ratio of
 #: mean squared distances). Measured with these settings on the shipped model: 2.2× (AdvDM) to
 #: 8.5× (SDS−) and 11.0× (PCA−), 9.3× for the shipped amortised protector; the --speed presets
-#: 8.9× (balanced) and 10.6× (fast). 1.5 leaves room for numerical differences between machines
-#: while still failing if a method drifted to the control's level.
+#: 8.9× (balanced) and 10.6× (fast); on mini-flow 5.0× (AdvDM−) to 6.3× (SDS−), 7.5× (PhotoGuard,
+#: Mist) and 10.9× (PCA−), 7.6× (balanced) and 11.5× (fast). 1.5 leaves room for numerical
+#: differences between machines while still failing if a method drifted to the control's level.
 MARGIN = 1.5
 #: Every method: the seven PGD methods of the paper, PCA− and the shipped amortised protector
 #: (trained against ``mini`` only).
