@@ -311,3 +311,10 @@ def test_sd3_saved_without_t5_loads_back_without_it(tmp_path):
     torch.testing.assert_close(
         loaded.embed(["a photo"]).hidden_states, model.embed(["a photo"]).hidden_states
     )
+
+
+def test_sdxl_loaded_in_float16_keeps_its_vae_in_float32(family_model_dirs):
+    model = LatentDiffusion.from_pretrained(
+        family_model_dirs["tiny-sdxl"], device="cpu", dtype="fp16"
+    )
+    assert model.dtype == torch.float16 and model.vae.dtype == torch.float32

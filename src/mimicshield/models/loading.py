@@ -108,7 +108,8 @@ def load_model(
         model = _load_single_file(Path(name), config=config, dtype=torch_dtype)
     else:
         model = _load_folder(name, dtype=torch_dtype)
-    return model.to(torch_device)
+    # With the dtype again: a family may keep a part wider than the rest (SDXL's VAE in fp16).
+    return model.to(torch_device, torch_dtype)
 
 
 def random_model(architecture: str, *, seed: int = 0) -> LatentDiffusion:
