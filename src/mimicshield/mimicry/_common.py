@@ -1,6 +1,6 @@
 """What the mimicry scenarios share: pipelines over the loaded parts, outputs back to the caller.
 
-Also the family's denoiser by name, and views of a model with some parts swapped.
+Also each family's guidance arguments (FLUX.1's guidance is embedded, not classifier-free).
 """
 
 from __future__ import annotations
