@@ -141,3 +141,21 @@ def test_checkpointing_and_channels_last_do_not_change_the_result(tiny_model_dir
     )
     assert switched.vae.encoder.gradient_checkpointing
     assert torch.allclose(_protect(switched, images), plain, atol=1e-6)
+
+
+def test_attention_on_the_cpu_counts_its_flops():
+    """Torch's counter has no formula for the CPU's fused attention; the benchmark supplies one."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    from mimicshield.runtime.benchmark import CPU_ATTENTION_FLOPS
+
+    query, key, value = (torch.randn(1, 2, 64, 8, requires_grad=True) for _ in range(3))
+    counts = []
+    for mapping in ({}, CPU_ATTENTION_FLOPS):
+        counter = FlopCounterMode(display=False, custom_mapping=mapping)
+        with counter:
+            torch.nn.functional.scaled_dot_product_attention(query, key, value).sum().backward()
+        counts.append(counter.get_total_flops())
+    forward = sdpa_flop_count(query.shape, key.shape, value.shape)
+    assert counts[0] == 0  # what torch alone counts: if this fails, the mapping is obsolete
+    assert counts[1] > forward > 0  # forward and backward counted

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from ..budget import Budget
 from ..methods import METHODS, Amortised
@@ -196,6 +196,27 @@ def measure(
     }
 
 
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _cpu_attention_backward_flops(
+    grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs
+):
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+#: FLOP formulas for the CPU's fused attention kernels, which torch's counter has none for (it
+#: would count attention as 0 FLOPs on a CPU): torch's own formulas for scaled dot-product
+#: attention, forward (2 matrix products) and backward.
+CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: (
+        _cpu_attention_backward_flops
+    ),
+}
+
+
 class _StepProbe:
     """PGD callback that timestamps every step and counts the FLOPs of step ``counted_step``.
 
@@ -206,7 +227,7 @@ class _StepProbe:
     def __init__(self, device: torch.device, counted_step: int) -> None:
         self.device = device
         self.counted_step = counted_step
-        self.counter = FlopCounterMode(display=False)
+        self.counter = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
         self.counting = False
         self.durations: list[float] = []
         self.flops = 0
