@@ -14,7 +14,7 @@ import shutil
 import pytest
 import torch
 from diffusers.loaders.single_file_utils import CHECKPOINT_KEY_NAMES
-from diffusers.pipelines.flux.pipeline_flux import FluxPipeline, calculate_shift
+from flow_reference import raw_velocity, scheduler_sigma
 from safetensors.torch import save_file
 
 from mimicshield import LatentDiffusion
@@ -55,51 +55,6 @@ def _raw_latents(model, images, posterior_noise):
     posterior = model.vae.encode(images * 2 - 1).latent_dist
     sample = posterior.mean + posterior.std * posterior_noise
     return (sample - (config.get("shift_factor") or 0.0)) * config.scaling_factor
-
-
-def _reference_sigma(model, timesteps, latents):
-    """σ of integer timesteps from the scheduler's own tables and diffusers' shift helpers."""
-    scheduler = type(model.scheduler).from_config(model.scheduler.config)
-    total = scheduler.config.num_train_timesteps
-    if not scheduler.config.use_dynamic_shifting:
-        return scheduler.sigmas[total - 1 - timesteps].double()  # the table runs from noise
-    base = (timesteps.double() + 1) / total
-    tokens = latents.shape[-2] * latents.shape[-1] // 4
-    config = scheduler.config
-    mu = calculate_shift(
-        tokens,
-        config.base_image_seq_len,
-        config.max_image_seq_len,
-        config.base_shift,
-        config.max_shift,
-    )
-    return scheduler.time_shift(mu, 1.0, base)
-
-
-def _raw_velocity(model, noisy, sigma, embeddings):
-    """The transformer called as the family's pipeline calls it, without the adapter."""
-    if isinstance(model, StableDiffusion3):
-        return model.transformer(
-            hidden_states=noisy,
-            timestep=(sigma * 1000).float(),
-            encoder_hidden_states=embeddings.hidden_states,
-            pooled_projections=embeddings.pooled,
-        ).sample
-    batch, channels, height, width = noisy.shape
-    packed = FluxPipeline._pack_latents(noisy, batch, channels, height, width)
-    velocity = model.transformer(
-        hidden_states=packed,
-        timestep=sigma.float(),
-        guidance=torch.full((batch,), 3.5),
-        pooled_projections=embeddings.pooled,
-        encoder_hidden_states=embeddings.hidden_states,
-        txt_ids=torch.zeros(embeddings.hidden_states.shape[1], 3),
-        img_ids=FluxPipeline._prepare_latent_image_ids(
-            batch, height // 2, width // 2, "cpu", noisy.dtype
-        ),
-    ).sample
-    factor = model.vae_scale_factor
-    return FluxPipeline._unpack_latents(velocity, height * factor, width * factor, factor)
 
 
 # ---------------------------------------------------------------- loading
@@ -201,7 +156,7 @@ def test_sigma_is_the_schedulers_own_training_sigma(name, family_models):
     model = family_models[name]
     timesteps = torch.tensor([0, 1, 299, 500, 998, 999])
     latents = torch.zeros(6, 16, 16, 16)
-    expected = _reference_sigma(model, timesteps, latents)
+    expected = scheduler_sigma(model, timesteps, latents.shape)
     torch.testing.assert_close(model.sigma(timesteps, latents), expected.double())
     assert model.sigma(torch.tensor([999]), latents[:1]).item() == pytest.approx(1.0)
 
@@ -219,7 +174,7 @@ def test_flow_residual_is_the_weighted_velocity_residual(name, family_models, pi
     z = latents.clone().requires_grad_(True)
     held = 0.5 * (velocity - (step.noise - z)).pow(2).sum()
     (jacobian_dropped,) = torch.autograd.grad(held, z)
-    sigma = _reference_sigma(model, step.timesteps, latents).view(-1, 1, 1, 1).float()
+    sigma = scheduler_sigma(model, step.timesteps, latents.shape).view(-1, 1, 1, 1).float()
     torch.testing.assert_close(residual, (1 - sigma) * jacobian_dropped, rtol=1e-4, atol=1e-5)
     estimate = model.predict_start(noisy, step.timesteps, velocity)
     torch.testing.assert_close(estimate, noisy - sigma * velocity, rtol=1e-5, atol=1e-5)
@@ -240,9 +195,9 @@ def test_flow_sds_gradient_is_the_encoder_vjp_of_the_residual(name, family_model
         x_ref = pictures.clone().requires_grad_(True)
         latents = _raw_latents(model, x_ref, step.posterior_noise)
         with torch.no_grad():
-            sigma = _reference_sigma(model, step.timesteps, latents).view(-1, 1, 1, 1).float()
+            sigma = scheduler_sigma(model, step.timesteps, latents.shape).view(-1, 1, 1, 1).float()
             noisy = (1 - sigma) * latents + sigma * step.noise
-            velocity = _raw_velocity(model, noisy, sigma.flatten(), embeddings)
+            velocity = raw_velocity(model, noisy, sigma.flatten(), embeddings)
             residual = (1 - sigma) * (velocity - (step.noise - latents))
         (reference,) = torch.autograd.grad(latents, x_ref, grad_outputs=residual)
     # σ in float64 (ours) vs the scheduler's float32 table: a few 1e-6 apart.
@@ -262,9 +217,9 @@ def test_flow_denoising_gradient_equals_full_autograd(name, family_models, pictu
 
         x_ref = pictures.clone().requires_grad_(True)
         latents = _raw_latents(model, x_ref, step.posterior_noise)
-        sigma = _reference_sigma(model, step.timesteps, latents).view(-1, 1, 1, 1).float()
+        sigma = scheduler_sigma(model, step.timesteps, latents.shape).view(-1, 1, 1, 1).float()
         noisy = (1 - sigma) * latents + sigma * step.noise
-        velocity = _raw_velocity(model, noisy, sigma.flatten(), embeddings)
+        velocity = raw_velocity(model, noisy, sigma.flatten(), embeddings)
         loss = (velocity - (step.noise - latents)).pow(2).mean()
         (reference,) = torch.autograd.grad(loss, x_ref)
     torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-6)

@@ -11,8 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
-from diffusers.pipelines.flux.pipeline_flux import FluxPipeline, calculate_shift
+from flow_reference import raw_velocity, scheduler_sigma
 from PIL import Image
 
 from mimicshield.cli.main import main
@@ -87,56 +86,6 @@ def test_one_step_reconstruction_shape_range_and_seed(
     )
 
 
-def _scheduler_sigma(model, timestep: int, latent_shape) -> float:
-    """σ of a training timestep index from diffusers' scheduler (not the adapter's formula).
-
-    The scheduler's table at construction runs from σ = 1 down: index i holds (T − i) / T, so
-    timestep t is entry T − 1 − t; statically shifted there (SD3), or shifted with the μ the
-    FLUX pipelines compute from the token count (``use_dynamic_shifting``).
-    """
-    scheduler = FlowMatchEulerDiscreteScheduler.from_config(model.scheduler.config)
-    config = scheduler.config
-    sigma = scheduler.sigmas[config.num_train_timesteps - 1 - timestep]
-    if config.use_dynamic_shifting:
-        tokens = (latent_shape[-2] // 2) * (latent_shape[-1] // 2)
-        mu = calculate_shift(
-            tokens,
-            config.base_image_seq_len,
-            config.max_image_seq_len,
-            config.base_shift,
-            config.max_shift,
-        )
-        sigma = scheduler.time_shift(mu, 1.0, sigma)
-    return float(sigma)
-
-
-def _raw_velocity(model, noisy, sigma, embeddings):
-    """The transformer called directly, as the family's pipeline calls it at noise level σ."""
-    batch, channels, height, width = noisy.shape
-    if model.family == "sd3":
-        timestep = torch.full((batch,), sigma * 1000)
-        return model.transformer(
-            hidden_states=noisy,
-            timestep=timestep,
-            encoder_hidden_states=embeddings.hidden_states,
-            pooled_projections=embeddings.pooled,
-        ).sample
-    packed = FluxPipeline._pack_latents(noisy, batch, channels, height, width)
-    velocity = model.transformer(
-        hidden_states=packed,
-        timestep=torch.full((batch,), sigma),
-        guidance=torch.full((batch,), model.guidance_scale),
-        pooled_projections=embeddings.pooled,
-        encoder_hidden_states=embeddings.hidden_states,
-        txt_ids=torch.zeros(embeddings.hidden_states.shape[1], 3),
-        img_ids=FluxPipeline._prepare_latent_image_ids(
-            batch, height // 2, width // 2, "cpu", noisy.dtype
-        ),
-    ).sample
-    factor = model.vae_scale_factor
-    return FluxPipeline._unpack_latents(velocity, height * factor, width * factor, factor)
-
-
 @pytest.mark.parametrize("name", FLOW_FAMILIES)
 def test_flow_one_step_reconstruction_is_z_t_minus_sigma_times_velocity(
     module_family_model, name, images, seeded
@@ -151,11 +100,11 @@ def test_flow_one_step_reconstruction_is_z_t_minus_sigma_times_velocity(
     shape = model.latent_shape(images)  # 16 × 20 images: no padding
     posterior_noise = torch.randn(shape, generator=generator)
     noise = torch.randn(shape, generator=generator)
-    sigma = _scheduler_sigma(model, 299, shape)  # round(0.3 · 1000) − 1
+    sigma = float(scheduler_sigma(model, 299, shape))  # round(0.3 · 1000) − 1
     with torch.no_grad():
         latents = model.encode(images, posterior_noise)
         noisy = (1 - sigma) * latents + sigma * noise
-        velocity = _raw_velocity(model, noisy, sigma, model.embed(["a photo"] * len(images)))
+        velocity = raw_velocity(model, noisy, sigma, model.embed(["a photo"] * len(images)))
         expected = model.decode(noisy - sigma * velocity)
     torch.testing.assert_close(result, expected, atol=1e-5, rtol=1e-5)
 
@@ -257,11 +206,11 @@ def test_diffusion_purification_of_a_flow_model_is_euler_from_sigma_t_to_zero(
     with torch.no_grad():
         latents = model.encode(images)  # the posterior mean
         noise = torch.randn(latents.shape, generator=seeded(2))
-        sigmas = [_scheduler_sigma(model, t, latents.shape) for t in (49, 29, 9)] + [0.0]
+        sigmas = [float(scheduler_sigma(model, t, latents.shape)) for t in (49, 29, 9)] + [0.0]
         latents = (1 - sigmas[0]) * latents + sigmas[0] * noise
         embeddings = model.embed(["", ""])
         for sigma, following in zip(sigmas[:-1], sigmas[1:], strict=True):
-            velocity = _raw_velocity(model, latents, sigma, embeddings)
+            velocity = raw_velocity(model, latents, sigma, embeddings)
             latents = latents + (following - sigma) * velocity
         expected = model.decode(latents)
     torch.testing.assert_close(purified, expected, atol=1e-5, rtol=1e-5)
