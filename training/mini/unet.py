@@ -113,16 +113,20 @@ class Models:
         return list(self.ema_unet.parameters()) + list(self.ema_text.parameters())
 
 
-def build_text_encoder(tok) -> CLIPTextModel:
-    """A randomly initialised ``TEXT_CONFIG`` CLIP text model for ``tok``'s vocabulary and ids."""
-    config = CLIPTextConfig(
-        vocab_size=len(tok),
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        **TEXT_CONFIG,
+def build_text_encoder(tok, config: dict = TEXT_CONFIG, model_class: type = CLIPTextModel):
+    """A randomly initialised CLIP text model of ``config`` for ``tok``'s vocabulary and ids.
+
+    ``model_class``: CLIPTextModel (mini), or CLIPTextModelWithProjection (mini-flow's two).
+    """
+    return model_class(
+        CLIPTextConfig(
+            vocab_size=len(tok),
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            **config,
+        )
     )
-    return CLIPTextModel(config)
 
 
 def token_ids(tok, captions: list[str]) -> torch.Tensor:

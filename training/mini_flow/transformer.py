@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
-from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+from transformers import CLIPTextModelWithProjection
 
 from training.mini import checkpoint, data, tokenizer
 from training.mini import unet as mini_unet
@@ -138,14 +138,7 @@ class Models:
 
 def build_text_encoder(tok) -> CLIPTextModelWithProjection:
     """A randomly initialised ``TEXT_CONFIG`` CLIP text model with projection for ``tok``."""
-    config = CLIPTextConfig(
-        vocab_size=len(tok),
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        **TEXT_CONFIG,
-    )
-    return CLIPTextModelWithProjection(config)
+    return mini_unet.build_text_encoder(tok, TEXT_CONFIG, CLIPTextModelWithProjection)
 
 
 def build(tok) -> tuple[SD3Transformer2DModel, CLIPTextModelWithProjection, ...]:
