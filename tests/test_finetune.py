@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
+from model_state import assert_bit_exact, held_out_loss, snapshot
 
 from mimicshield import LatentDiffusion
 from mimicshield.cli.main import main
@@ -24,7 +25,6 @@ from mimicshield.mimicry import (
 )
 from mimicshield.mimicry import scenarios as scenarios_module
 from mimicshield.models import StableDiffusion
-from mimicshield.objectives import StepNoise, denoising_loss
 
 #: Quick settings that move the tiny model visibly in a few steps.
 LORA = LoRAConfig(rank=4, learning_rate=3e-2, steps=12, batch_size=2)
@@ -38,45 +38,10 @@ def model(tiny_model_dir):
     return LatentDiffusion.from_pretrained(tiny_model_dir, device="cpu", dtype="fp32")
 
 
-def _snapshot(model):
-    """Weights, module tree, modes, flags and instance attributes of every network."""
-    networks = {"vae": model.vae, "unet": model.unet, "text_encoder": model.text_encoder}
-    return {
-        name: {
-            "weights": {key: value.clone() for key, value in net.state_dict().items()},
-            "modules": [(key, type(module)) for key, module in net.named_modules()],
-            "training": [module.training for module in net.modules()],
-            "requires_grad": [p.requires_grad for p in net.parameters()],
-            "attributes": set(vars(net)),
-        }
-        for name, net in networks.items()
-    }
-
-
-def _assert_bit_exact(model, before):
-    after = _snapshot(model)
-    for name, state in before.items():
-        assert state["weights"].keys() == after[name]["weights"].keys(), name
-        for key, value in state["weights"].items():
-            assert torch.equal(value, after[name]["weights"][key]), f"{name}.{key} changed"
-        for part in ("modules", "training", "requires_grad", "attributes"):
-            assert state[part] == after[name][part], f"{name} {part} changed"
-
-
 def _mixed_state(model):
     """A state that "restored" cannot pass by accident: UNet training, one block trainable."""
     model.unet.train().requires_grad_(False)
     model.unet.conv_in.requires_grad_(True)
-
-
-def _held_out_loss(model, images, seed=123, draws=8):
-    """The denoising loss of the instance prompt on fixed draws (no gradient)."""
-    generator = torch.Generator().manual_seed(seed)
-    embeddings = model.embed([LORA.instance_prompt]).expand(len(images))
-    with torch.no_grad(), model.frozen():
-        noise = StepNoise.draw(model, images, generator, samples=draws)
-        latents = model.encode(images, noise.posterior_noise)
-        return denoising_loss(model, latents, embeddings, noise).item()
 
 
 # ------------------------------------------------------------------------------------------ LoRA
@@ -84,20 +49,20 @@ def _held_out_loss(model, images, seed=123, draws=8):
 
 def test_lora_lowers_the_loss_and_leaves_the_model_bit_exact(model, images, seeded):
     _mixed_state(model)
-    before = _snapshot(model)
-    base_loss = _held_out_loss(model, images)
+    before = snapshot(model)
+    base_loss = held_out_loss(model, images)
 
     weights = train_lora(model, images, LORA, generator=seeded(0))
 
-    _assert_bit_exact(model, before)
+    assert_bit_exact(model, before)
     assert len(weights.losses) == LORA.steps
     ups = [t for name, t in weights.state_dict.items() if "lora_B" in name]
     assert ups and all(t.dtype == torch.float32 for t in ups)
     assert any(t.abs().max() > 0 for t in ups)  # B starts at zero: the adapters moved
     with installed_lora(model, weights.config, weights.state_dict):
-        tuned_loss = _held_out_loss(model, images)
+        tuned_loss = held_out_loss(model, images)
     assert tuned_loss < base_loss
-    _assert_bit_exact(model, before)
+    assert_bit_exact(model, before)
 
 
 def test_lora_same_seed_same_samples_and_the_model_is_unchanged_by_sampling(model, images, seeded):
@@ -107,10 +72,10 @@ def test_lora_same_seed_same_samples_and_the_model_is_unchanged_by_sampling(mode
     assert all(torch.equal(t, again.state_dict[k]) for k, t in first.state_dict.items())
     assert not all(torch.equal(t, other.state_dict[k]) for k, t in first.state_dict.items())
 
-    before = _snapshot(model)
+    before = snapshot(model)
     samples = sample_lora(model, first, **SAMPLING, generator=seeded(5))
     repeat = sample_lora(model, again, **SAMPLING, generator=seeded(5))
-    _assert_bit_exact(model, before)
+    assert_bit_exact(model, before)
     assert samples.shape == (2, 3, 16, 20) and 0 <= samples.min() and samples.max() <= 1
     assert torch.equal(samples, repeat)
 
@@ -143,24 +108,24 @@ def test_saved_lora_loads_through_diffusers_and_reproduces_the_samples(
 
 
 def test_installed_lora_is_removed_after_an_error_and_refuses_a_second_adapter(model):
-    before = _snapshot(model)
+    before = snapshot(model)
     with pytest.raises(RuntimeError, match="inside"), installed_lora(model, LORA):
         with pytest.raises(ValueError, match="already has adapters"):
             with installed_lora(model, LORA):
                 pass
         raise RuntimeError("inside")
-    _assert_bit_exact(model, before)
+    assert_bit_exact(model, before)
 
 
 def test_weights_that_do_not_fit_are_refused_and_the_model_restored(model, seeded, images):
     weights = train_lora(model, images, dataclasses.replace(LORA, steps=1), generator=seeded())
-    before = _snapshot(model)
+    before = snapshot(model)
     lacking = dict(list(weights.state_dict.items())[2:])
     for state_dict in (lacking, weights.state_dict | {"nowhere.lora_A.weight": torch.zeros(4, 4)}):
         with pytest.raises(ValueError, match="do not fit this unet"):
             with installed_lora(model, LORA, state_dict):
                 pass
-    _assert_bit_exact(model, before)
+    assert_bit_exact(model, before)
 
 
 @pytest.mark.parametrize(
@@ -190,12 +155,12 @@ def test_dreambooth_trains_a_copy_lowers_the_loss_and_never_touches_the_model(
     model, images, seeded
 ):
     _mixed_state(model)
-    before = _snapshot(model)
-    base_loss = _held_out_loss(model, images)
+    before = snapshot(model)
+    base_loss = held_out_loss(model, images)
 
     tuned = train_dreambooth(model, images, DREAMBOOTH, generator=seeded(0))
 
-    _assert_bit_exact(model, before)
+    assert_bit_exact(model, before)
     assert tuned.part == "unet" and tuned.denoiser is not model.unet
     moved = [
         key
@@ -206,17 +171,17 @@ def test_dreambooth_trains_a_copy_lowers_the_loss_and_never_touches_the_model(
     swapped = StableDiffusion(
         model.vae, tuned.denoiser, model.text_encoder, model.tokenizer, model.scheduler
     )
-    assert _held_out_loss(swapped, images) < base_loss
+    assert held_out_loss(swapped, images) < base_loss
 
 
 def test_dreambooth_with_prior_preservation_same_seed_same_samples(model, images, seeded):
     config = DreamBoothConfig(
         learning_rate=1e-4, steps=2, num_class_images=2, class_inference_steps=2
     )
-    before = _snapshot(model)
+    before = snapshot(model)
     first = train_dreambooth(model, images, config, generator=seeded(0))
     again = train_dreambooth(model, images, config, generator=seeded(0))
-    _assert_bit_exact(model, before)
+    assert_bit_exact(model, before)
     samples = sample_dreambooth(model, first, **SAMPLING, generator=seeded(5))
     assert torch.equal(samples, sample_dreambooth(model, again, **SAMPLING, generator=seeded(5)))
     assert samples.shape == (2, 3, 16, 20)

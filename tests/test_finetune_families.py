@@ -10,6 +10,7 @@ import dataclasses
 
 import pytest
 import torch
+from model_state import assert_bit_exact, held_out_loss, snapshot
 from safetensors.torch import load_file
 
 from mimicshield.cli.main import main
@@ -29,51 +30,12 @@ from mimicshield.mimicry import (
     train_lora,
 )
 from mimicshield.mimicry.lora import LORA_TARGET_MODULES
-from mimicshield.objectives import StepNoise, denoising_loss
 
 #: Quick settings that move a tiny denoiser visibly in a few steps; alpha ≠ rank, so that a
 #: loader that ignored the file's metadata would scale the adapters differently.
 LORA = LoRAConfig(rank=4, alpha=8.0, learning_rate=3e-2, steps=8, batch_size=2)
 DREAMBOOTH = DreamBoothConfig(learning_rate=3e-4, steps=8, batch_size=2)
 SAMPLING = {"num_images": 2, "height": 16, "width": 16, "num_inference_steps": 2}
-
-
-def _snapshot(model):
-    """Every network's weights, module tree, modes, gradient flags and attributes; vocabularies.
-
-    Take it after ``_used``: the libraries set attributes on first use.
-    """
-    networks = {name: getattr(model, name) for name in model.network_names}
-    state = {
-        name: {
-            "weights": {key: value.clone() for key, value in net.state_dict().items()},
-            "modules": [(key, type(module)) for key, module in net.named_modules()],
-            "training": [module.training for module in net.modules()],
-            "requires_grad": [p.requires_grad for p in net.parameters()],
-            "attributes": set(vars(net)),
-        }
-        for name, net in networks.items()
-        if net is not None
-    }
-    tokenizers = [name for name in model.part_names if name.startswith("tokenizer")]
-    state["vocabularies"] = {
-        name: dict(getattr(model, name).get_vocab())
-        for name in tokenizers
-        if getattr(model, name) is not None
-    }
-    return state
-
-
-def _assert_bit_exact(model, before):
-    after = _snapshot(model)
-    assert after.keys() == before.keys()
-    assert after.pop("vocabularies") == before["vocabularies"]
-    for name, state in after.items():
-        assert state["weights"].keys() == before[name]["weights"].keys(), name
-        for key, value in state["weights"].items():
-            assert torch.equal(value, before[name]["weights"][key]), f"{name}.{key} changed"
-        for part in ("modules", "training", "requires_grad", "attributes"):
-            assert state[part] == before[name][part], f"{name} {part} changed"
 
 
 def _used(model, images):
@@ -84,18 +46,7 @@ def _used(model, images):
     """
     with torch.no_grad():
         model.pipeline("text2img")("a", height=16, width=16, num_inference_steps=1)
-    return _held_out_loss(model, images)
-
-
-def _held_out_loss(model, images, embeddings=None, seed=123, draws=8):
-    """The denoising loss of the instance prompt (or ``embeddings``) on fixed draws."""
-    generator = torch.Generator().manual_seed(seed)
-    if embeddings is None:
-        embeddings = model.embed([LORA.instance_prompt])
-    with torch.no_grad(), model.frozen():
-        noise = StepNoise.draw(model, images, generator, samples=draws)
-        latents = model.encode(images, noise.posterior_noise)
-        return denoising_loss(model, latents, embeddings.expand(len(images)), noise).item()
+    return held_out_loss(model, images)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +65,7 @@ def trained_lora(module_family_model):
             model.denoiser.train().requires_grad_(False)
             next(model.denoiser.parameters()).requires_grad_(True)
             base = _used(model, images)
-            before = _snapshot(model)
+            before = snapshot(model)
             weights = train_lora(model, images, LORA, generator=torch.Generator().manual_seed(0))
             runs[name] = (model, images, before, base, weights)
         return runs[name]
@@ -127,7 +78,7 @@ def test_lora_adapts_the_family_modules_lowers_the_loss_and_leaves_the_model_bit
     trained_lora, name
 ):
     model, images, before, base_loss, weights = trained_lora(name)
-    _assert_bit_exact(model, before)
+    assert_bit_exact(model, before)
     assert weights.family == model.family and len(weights.losses) == LORA.steps
     targets = LORA_TARGET_MODULES[model.family]
     assert weights.config.target_modules == targets
@@ -136,8 +87,8 @@ def test_lora_adapts_the_family_modules_lowers_the_loss_and_leaves_the_model_bit
     ups = [t for key, t in weights.state_dict.items() if "lora_B" in key]
     assert any(t.abs().max() > 0 for t in ups)  # B starts at zero: the adapters moved
     with installed_lora(model, weights.config, weights.state_dict):
-        assert _held_out_loss(model, images) < base_loss
-    _assert_bit_exact(model, before)
+        assert held_out_loss(model, images) < base_loss
+    assert_bit_exact(model, before)
 
 
 @pytest.mark.parametrize("name", ["tiny-sdxl", "tiny-sd3", "tiny-flux"])
@@ -148,7 +99,7 @@ def test_saved_lora_loads_through_the_family_pipeline_and_gives_the_same_images(
     assert weights.save(tmp_path) == tmp_path / LORA_WEIGHTS_FILE
     ours = sample_lora(model, weights, **SAMPLING, guidance_scale=2.0, generator=seeded(5))
     assert ours.shape == (2, 3, 16, 16) and 0 <= ours.min() and ours.max() <= 1
-    _assert_bit_exact(model, before)
+    assert_bit_exact(model, before)
 
     other = build_family_model(name)  # the same random weights, for the loader to change
     pipeline = other.pipeline("text2img")
@@ -179,18 +130,18 @@ def test_dreambooth_tunes_a_copy_of_the_denoiser_and_never_touches_the_model(
 ):
     model = module_family_model(name)
     base_loss = _used(model, images)
-    before = _snapshot(model)
+    before = snapshot(model)
     tuned = train_dreambooth(model, images, DREAMBOOTH, generator=seeded(0))
-    _assert_bit_exact(model, before)
+    assert_bit_exact(model, before)
 
     part = "unet" if model.family == "sdxl" else "transformer"
     assert tuned.part == part and tuned.denoiser is not getattr(model, part)
     swapped = dataclasses.replace(model, **{part: tuned.denoiser}, _prompt_cache={})
-    assert _held_out_loss(swapped, images) < base_loss
+    assert held_out_loss(swapped, images) < base_loss
     samples = sample_dreambooth(model, tuned, **SAMPLING, generator=seeded(5))
     assert samples.shape == (2, 3, 16, 16)
     assert torch.equal(samples, sample_dreambooth(model, tuned, **SAMPLING, generator=seeded(5)))
-    _assert_bit_exact(model, before)
+    assert_bit_exact(model, before)
 
 
 # ------------------------------------------------------------------------ textual inversion
@@ -206,7 +157,7 @@ def _token_loss(model, images, vectors):
     """The held-out loss of the training prompt with ``vectors`` as the token's embeddings."""
     with torch.no_grad(), installed_token(model, TOKEN.placeholder, vectors) as token:
         embeddings = token.embed(model, [TOKEN.templates[0].format(TOKEN.placeholder)])
-    return _held_out_loss(model, images, embeddings, draws=32)
+    return held_out_loss(model, images, embeddings, draws=32)
 
 
 def test_sdxl_token_gets_a_vector_per_encoder_lowers_the_loss_and_the_model_is_restored(
@@ -218,15 +169,15 @@ def test_sdxl_token_gets_a_vector_per_encoder_lowers_the_loss_and_the_model_is_r
     _used(model, images)
     initial = initializer_embeddings(model, TOKEN.initializer)
     initial_loss = _token_loss(model, images, initial)
-    before = _snapshot(model)
+    before = snapshot(model)
 
     token = learn_token(model, images, TOKEN, generator=seeded(0))
 
-    _assert_bit_exact(model, before)
+    assert_bit_exact(model, before)
     assert [tuple(e.shape) for e in token.embeddings] == [(32,), (48,)]  # CLIP-L, CLIP-G widths
     assert all(not torch.allclose(e, i) for e, i in zip(token.embeddings, initial, strict=True))
     assert _token_loss(model, images, token.embeddings) < initial_loss
-    _assert_bit_exact(model, before)
+    assert_bit_exact(model, before)
 
 
 def test_sdxl_learn_token_same_seed_same_token(module_family_model, images, seeded):
