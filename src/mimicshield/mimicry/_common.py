@@ -1,24 +1,15 @@
-"""What the mimicry scenarios share: pipelines over the loaded parts, outputs back to the caller.
+"""What the mimicry scenarios share: text-to-image, outputs back to the caller, guidance.
 
-Also each family's guidance arguments (FLUX.1's guidance is embedded, not classifier-free).
+Pipelines come from the model (``LatentDiffusion.pipeline``); the guidance arguments differ by
+family (FLUX.1's guidance is embedded, not classifier-free).
 """
 
 from __future__ import annotations
 
 import torch
-from diffusers import DiffusionPipeline
 
 from ..models import LatentDiffusion
 from ..tensors import check_guidance, check_positive
-
-
-def build_pipeline(task: str, model: LatentDiffusion, **overrides: object) -> DiffusionPipeline:
-    """The model family's diffusers pipeline for ``task`` over its loaded parts (nothing copied).
-
-    ``task`` is "text2img", "img2img" or "inpaint"; ``overrides`` replaces parts, e.g. an
-    extended tokenizer or a sampling scheduler (``LatentDiffusion.pipeline``).
-    """
-    return model.pipeline(task, **overrides)
 
 
 def guidance_arguments(model: LatentDiffusion, guidance_scale: float, batch: int) -> dict:
@@ -87,5 +78,5 @@ def text_to_image(
         task = "inpaint"
         grey = torch.full((num_images, 3, *size), 0.5, device=model.device)
         inputs |= {"image": grey, "mask_image": torch.ones_like(grey[:, :1]), "strength": 1.0}
-    images = build_pipeline(task, model, **overrides)(**inputs).images
+    images = model.pipeline(task, **overrides)(**inputs).images
     return images[..., :height, :width].float().clamp(0, 1)

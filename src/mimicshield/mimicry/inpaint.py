@@ -22,7 +22,7 @@ import torch
 
 from ..models import LatentDiffusion
 from ..tensors import check_guidance, check_images, check_mask, check_positive, pad_to_multiple
-from ._common import build_pipeline, guidance_arguments, to_caller
+from ._common import guidance_arguments, to_caller
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def inpaint(
     factor = math.lcm(model.size_multiple, 8)
     padded = pad_to_multiple(images.detach().float(), factor)
     padded_mask = pad_to_multiple(repaint.float(), factor)
-    pipeline = build_pipeline("inpaint", model)
+    pipeline = model.pipeline("inpaint")
     with model.frozen():
         generated = pipeline(
             prompt=[prompt] * len(images),

@@ -52,7 +52,7 @@ from ..tensors import (
     pad_to_multiple,
     randn,
 )
-from ._common import build_pipeline, guidance_arguments, to_caller
+from ._common import guidance_arguments, to_caller
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def sdedit(
         inputs |= {"mask_image": whole, "height": padded.shape[-2], "width": padded.shape[-1]}
     elif model.prediction_type == "flow":
         inputs |= {"height": padded.shape[-2], "width": padded.shape[-1]}
-    pipeline = build_pipeline(task, model, **overrides)
+    pipeline = model.pipeline(task, **overrides)
     with model.frozen():
         edited = pipeline(**inputs).images
 
