@@ -191,13 +191,17 @@ class LatentDiffusion:
         return cls(**parts, name=name, random_weights=True)
 
     @classmethod
-    def load_arguments(cls) -> dict[str, object]:
-        """Keyword arguments of the family pipeline's ``from_pretrained`` (none by default)."""
+    def pipeline_arguments(cls) -> dict[str, object]:
+        """Arguments the family's pipelines get besides the parts (none by default).
+
+        Given when a pipeline is built over the parts (``pipeline``) and when one is loaded
+        (``from_pretrained``, ``from_single_file``).
+        """
         return {}
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
-        """Write a diffusers pipeline folder that ``from_pretrained`` reads back."""
-        self.pipeline("text2img").save_pretrained(folder)
+        """Write a diffusers pipeline folder (with the model's own scheduler) to load back."""
+        self.pipeline("text2img", scheduler=self.scheduler).save_pretrained(folder)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> LatentDiffusion:
         """Move all networks (in place) and return self."""
@@ -460,7 +464,7 @@ class LatentDiffusion:
         pipeline_class = self.pipeline_classes()[task]
         parts = {name: getattr(self, name) for name in self.part_names}
         parts["scheduler"] = self.sampling_scheduler()
-        parts |= self.extra_pipeline_arguments(pipeline_class) | overrides
+        parts |= self.pipeline_arguments() | overrides
         pipeline = pipeline_class(**parts)
         pipeline.set_progress_bar_config(disable=True)
         return pipeline
@@ -473,10 +477,6 @@ class LatentDiffusion:
     def sampling_scheduler(self):
         """A fresh scheduler for the pipelines, from the model's own configuration."""
         return type(self.scheduler).from_config(self.scheduler.config)
-
-    def extra_pipeline_arguments(self, pipeline_class: type) -> dict[str, object]:
-        """Constructor arguments a pipeline class needs besides the parts (none by default)."""
-        return {}
 
 
 def one_step_timestep(strength: float, num_train_timesteps: int = 1000) -> int:

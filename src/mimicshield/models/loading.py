@@ -167,7 +167,7 @@ def _load_folder(source: str, *, dtype: torch.dtype) -> LatentDiffusion:
     }
     try:
         pipeline = family.pipeline_classes()["text2img"].from_pretrained(
-            source, dtype=dtype, local_files_only=local, **family.load_arguments(), **absent
+            source, dtype=dtype, local_files_only=local, **family.pipeline_arguments(), **absent
         )
     except (OSError, ValueError, TypeError) as error:
         logger.debug("loading %s failed", source, exc_info=error)
@@ -213,7 +213,7 @@ def _load_single_file(
             config=str(reference),
             dtype=dtype,
             local_files_only=local,
-            **family.load_arguments(),
+            **family.pipeline_arguments(),
         )
     except (OSError, ValueError, TypeError, KeyError) as error:
         logger.debug("loading %s failed", path, exc_info=error)

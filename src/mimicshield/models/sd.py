@@ -251,15 +251,7 @@ class StableDiffusion(LatentDiffusion):
         """DDIM over the model's schedule (the evaluation protocol's sampler)."""
         return DDIMScheduler.from_config(self.scheduler.config)
 
-    def extra_pipeline_arguments(self, pipeline_class: type) -> dict[str, object]:
+    @classmethod
+    def pipeline_arguments(cls) -> dict[str, object]:
         """No safety checker or feature extractor (research use on the user's own images)."""
         return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
-
-    @classmethod
-    def load_arguments(cls) -> dict[str, object]:
-        """No safety checker (research use on the user's own images)."""
-        return {"safety_checker": None, "requires_safety_checker": False}
-
-    def save_pretrained(self, folder) -> None:
-        """Write a diffusers StableDiffusionPipeline folder, with the model's own scheduler."""
-        self.pipeline("text2img", scheduler=self.scheduler).save_pretrained(folder)

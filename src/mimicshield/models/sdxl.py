@@ -96,15 +96,7 @@ class StableDiffusionXL(StableDiffusion):
             "inpaint": StableDiffusionXLInpaintPipeline,
         }
 
-    def extra_pipeline_arguments(self, pipeline_class: type) -> dict[str, object]:
+    @classmethod
+    def pipeline_arguments(cls) -> dict[str, object]:
         """No invisible watermark (it needs an extra package and alters the evaluated pixels)."""
         return {"add_watermarker": False}
-
-    @classmethod
-    def load_arguments(cls) -> dict[str, object]:
-        """No invisible watermark."""
-        return {"add_watermarker": False}
-
-    def save_pretrained(self, folder) -> None:
-        """Write a diffusers StableDiffusionXLPipeline folder with the model's own scheduler."""
-        self.pipeline("text2img", scheduler=self.scheduler).save_pretrained(folder)
