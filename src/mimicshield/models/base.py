@@ -270,6 +270,11 @@ class LatentDiffusion:
         return self.vae.config.latent_channels
 
     @property
+    def vae_float32_in_float16(self) -> bool:
+        """Whether the VAE stays float32 when the model runs in float16 (SDXL's overflows)."""
+        return False
+
+    @property
     def prediction_type(self) -> str:
         """What ``predict`` returns: "epsilon", "v_prediction" or "flow" (velocity ε − z)."""
         raise NotImplementedError

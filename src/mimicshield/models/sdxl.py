@@ -51,9 +51,14 @@ class StableDiffusionXL(StableDiffusion):
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> LatentDiffusion:
         """Move all networks; in float16 a ``force_upcast`` VAE stays in float32."""
         super().to(device, dtype)
-        if dtype == torch.float16 and self.vae.config.get("force_upcast"):
+        if dtype == torch.float16 and self.vae_float32_in_float16:
             self.vae.to(dtype=torch.float32)
         return self
+
+    @property
+    def vae_float32_in_float16(self) -> bool:
+        """True when the VAE's config says ``force_upcast``, as SDXL 1.0's does."""
+        return bool(self.vae.config.get("force_upcast"))
 
     def encode_prompts(self, prompts: list[str]) -> PromptEmbeddings:
         """Diffusers' SDXL ``encode_prompt``: (B, 77, 2048) states and (B, 1280) pooled."""

@@ -53,7 +53,7 @@ from pathlib import Path
 
 import torch
 
-from ..models import Flux, LatentDiffusion, StableDiffusionXL
+from ..models import Flux, LatentDiffusion
 from ..models.ensemble import Ensemble, Surrogate
 from ..models.flux import T5_TOKENS as FLUX_T5_TOKENS
 from ..models.sd3 import T5_TOKENS as SD3_T5_TOKENS
@@ -175,8 +175,7 @@ class ModelSize:
             vae_scale_factor=model.vae_scale_factor,
             unet_width=model.denoiser.config.block_out_channels[0] if is_unet else None,
             transformer=None if is_unet else TransformerSize.of(model),
-            vae_float32_in_float16=isinstance(model, StableDiffusionXL)
-            and bool(model.vae.config.get("force_upcast")),
+            vae_float32_in_float16=model.vae_float32_in_float16,
         )
 
     @property
